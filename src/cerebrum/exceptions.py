@@ -1,0 +1,13 @@
+"""Exceptions and warnings raised by Cerebrum.
+
+`NotFittedError` subclasses both `ValueError` and `AttributeError`, as scikit-learn's does, so code
+written against either convention catches it.
+"""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """An inference method was called on a model that has not been fitted (or given parameters)."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative fit stopped at its iteration limit before meeting its tolerance."""

@@ -1,0 +1,593 @@
+"""GaussianMixture: a Gaussian mixture model that is an `nn.Module` with scikit-learn's verbs.
+
+It can be fitted exactly by EM (the default; in memory or out of core, with sample weights), by
+gradient ascent on the log-likelihood (`method="gradient"`, seed 000's Adam MLE), or trained as
+part of a larger network through the differentiable `log_prob`.
+
+Shapes: N samples, K components (`n_components`), D features (`n_features`).
+Parameters (all `nn.Parameter`s, so `.to()`, `.double()` and optimisers work as usual):
+    weight_logits (K,)          log mixture weights up to a constant (softmax gives the weights)
+    means (K, D)
+    precision_cholesky_raw      the precision Cholesky factor U with its diagonal in log space:
+                                full (K, D, D), tied (D, D), diag (K, D), spherical (K,)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cerebrum.exceptions import ConvergenceWarning
+from cerebrum.mixtures._data import SampleSource
+from cerebrum.mixtures._gaussian_em import (
+    EMResult,
+    GaussianParams,
+    accumulate,
+    lowest_scoring_samples,
+    m_step,
+    run_em,
+)
+from cerebrum.mixtures._validation import (
+    COVARIANCE_TYPES,
+    check_choice,
+    check_finite,
+    check_fitted,
+    check_nonnegative_float,
+    check_positive_int,
+    check_samples,
+    make_generator,
+    to_numeric_tensor,
+)
+from cerebrum.mixtures.gaussian_math import (
+    covariance_from_precision_cholesky,
+    covariance_shape,
+    floor_covariance,
+    log_gaussian_prob,
+    precision_cholesky_from_covariance,
+    precision_cholesky_from_raw,
+    precision_cholesky_shape,
+    raw_from_precision_cholesky,
+)
+from cerebrum.mixtures.kmeans import kmeans_plusplus, lloyd, nearest_center, squared_distances
+
+FIT_METHODS = ("em", "gradient")
+INIT_METHODS = ("kmeans++", "kmeans", "random", "random_from_data", "current")
+#: Lloyd steps after k-means++ seeding for init="kmeans++"; init="kmeans" runs Lloyd to convergence.
+KMEANS_PLUSPLUS_LLOYD_STEPS = 5
+KMEANS_MAX_ITER = 100
+#: Inference works on row blocks of at most this many (row x component x feature) elements.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+class GaussianMixture(nn.Module):
+    """A mixture of `n_components` Gaussians over `n_features` dimensions.
+
+    Args:
+        n_components: K, the number of mixture components (>= 1).
+        n_features: D, the dimension of the samples (>= 1).
+        covariance_type: "full" (one full covariance per component), "diag" (one diagonal
+            covariance per component, the default), "tied" (one full covariance shared by all
+            components) or "spherical" (one variance per component).
+        dtype, device: where the parameters live, as for any `nn.Module` factory.
+
+    A fresh module has uniform weights, standard-normal means and identity covariances, so it can
+    be trained by gradient straight away; the scikit-learn-style verbs (`score`, `predict`, ...)
+    need a fit or `from_params` first. After `fit`: `converged_`, `n_iter_`, `lower_bound_` (mean
+    log-likelihood per sample) and `lower_bounds_` (its history, one value per iteration).
+    """
+
+    def __init__(
+        self,
+        n_components: int,
+        n_features: int,
+        covariance_type: str = "diag",
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.n_components = check_positive_int(n_components, name="n_components")
+        self.n_features = check_positive_int(n_features, name="n_features")
+        self.covariance_type = check_choice(
+            covariance_type, COVARIANCE_TYPES, name="covariance_type"
+        )
+        factory = {"dtype": dtype, "device": device}
+        K, D = self.n_components, self.n_features
+        self.weight_logits = nn.Parameter(torch.zeros(K, **factory))
+        self.means = nn.Parameter(torch.randn(K, D, **factory))
+        self.precision_cholesky_raw = nn.Parameter(
+            torch.zeros(precision_cholesky_shape(self.covariance_type, K, D), **factory)
+        )
+        self.register_buffer("fitted_flag", torch.tensor(False, device=device))
+        self.converged_: bool | None = None
+        self.n_iter_: int | None = None
+        self.lower_bound_: float | None = None
+        self.lower_bounds_: list[float] = []
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_components={self.n_components}, n_features={self.n_features}, "
+            f"covariance_type={self.covariance_type!r}"
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_params(
+        cls,
+        weights,
+        means,
+        covariances,
+        covariance_type: str = "diag",
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> GaussianMixture:
+        """A fitted mixture from explicit parameters in scikit-learn's shapes.
+
+        weights (K,) non-negative, summing to 1; means (K, D); covariances (K, D, D) for full,
+        (D, D) for tied, (K, D) for diag, (K,) for spherical, each positive definite.
+        """
+        check_choice(covariance_type, COVARIANCE_TYPES, name="covariance_type")
+        weights64, means64, covariances64 = _check_params(
+            weights, means, covariances, covariance_type
+        )
+        n_components, n_features = means64.shape
+        model = cls(n_components, n_features, covariance_type, dtype=dtype, device=device)
+        model._set_params(
+            weights64.log(),
+            means64,
+            precision_cholesky_from_covariance(covariances64, covariance_type),
+        )
+        return model
+
+    def _set_params(self, log_weights, means, prec_chol) -> None:
+        """Copy parameters in (data coordinates) and mark the model fitted."""
+        with torch.no_grad():
+            self.weight_logits.copy_(log_weights)
+            self.means.copy_(means)
+            self.precision_cholesky_raw.copy_(
+                raw_from_precision_cholesky(prec_chol, self.covariance_type)
+            )
+            self.fitted_flag.fill_(True)
+
+    @property
+    def is_fitted(self) -> bool:
+        """True once the model has been fitted or built from parameters."""
+        return bool(self.fitted_flag)
+
+    # ------------------------------------------------------------------ differentiable core
+
+    def _precision_cholesky(self) -> torch.Tensor:
+        return precision_cholesky_from_raw(self.precision_cholesky_raw, self.covariance_type)
+
+    def log_weights(self) -> torch.Tensor:
+        """log pi (K,), differentiable."""
+        return torch.log_softmax(self.weight_logits, dim=0)
+
+    def component_log_prob(self, X: torch.Tensor) -> torch.Tensor:
+        """log N(x_n | mu_k, Sigma_k) (N, K), without the mixture weights; differentiable.
+
+        Checks only shapes (no NaN scan, which would synchronise a GPU in a training loop).
+        """
+        X = self._as_input(X, check_values=False)
+        return log_gaussian_prob(X, self.means, self._precision_cholesky(), self.covariance_type)
+
+    def log_prob(self, X: torch.Tensor) -> torch.Tensor:
+        """log p(x_n) (N,) under the mixture; differentiable, so usable as a training loss."""
+        return torch.logsumexp(self.component_log_prob(X) + self.log_weights(), dim=1)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """Same as `log_prob`: per-sample log-likelihood (N,)."""
+        return self.log_prob(X)
+
+    def _as_input(self, X, *, check_values: bool = True) -> torch.Tensor:
+        if isinstance(X, torch.Tensor) and not check_values:
+            tensor = X.to(dtype=self.means.dtype, device=self.means.device)
+            if tensor.ndim != 2 or tensor.shape[1] != self.n_features:
+                raise ValueError(
+                    f"X must have shape (n_samples, {self.n_features}), got "
+                    f"{tuple(tensor.shape)}"
+                )
+            return tensor
+        return check_samples(
+            X,
+            n_features=self.n_features,
+            dtype=self.means.dtype,
+            device=self.means.device,
+            owner=f"this {type(self).__name__}",
+        )
+
+    # ------------------------------------------------------------------ scikit-learn verbs
+
+    def _weighted_log_prob_blocks(self, X):
+        """Yield log(pi_k) + log N(x_n | k) (n_block, K) over row blocks of validated X."""
+        check_fitted(self)
+        X = self._as_input(X)
+        rows = max(1, _BLOCK_ELEMENTS // (self.n_components * self.n_features))
+        with torch.no_grad():
+            log_weights = self.log_weights()
+            prec_chol = self._precision_cholesky()
+            for start in range(0, X.shape[0], rows):
+                block = X[start : start + rows]
+                yield log_gaussian_prob(block, self.means, prec_chol, self.covariance_type) + (
+                    log_weights
+                )
+
+    def score_samples(self, X) -> np.ndarray:
+        """Log-likelihood of each sample, (N,) NumPy."""
+        parts = [torch.logsumexp(lp, 1) for lp in self._weighted_log_prob_blocks(X)]
+        return torch.cat(parts).cpu().numpy()
+
+    def score(self, X, sample_weight=None) -> float:
+        """Mean log-likelihood per sample (weighted by `sample_weight` when given)."""
+        log_lik = self.score_samples(X)
+        if sample_weight is None:
+            return float(log_lik.mean())
+        weight = np.asarray(sample_weight, dtype=np.float64)
+        if weight.shape != log_lik.shape:
+            raise ValueError(
+                f"sample_weight must have shape {log_lik.shape}, got {weight.shape}"
+            )
+        return float(np.average(log_lik, weights=weight))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Posterior probability of each component for each sample, (N, K) NumPy."""
+        parts = [torch.softmax(lp, 1) for lp in self._weighted_log_prob_blocks(X)]
+        return torch.cat(parts).cpu().numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable component for each sample, (N,) int64 NumPy."""
+        parts = [lp.argmax(1) for lp in self._weighted_log_prob_blocks(X)]
+        return torch.cat(parts).cpu().numpy()
+
+    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw `n_samples` samples: (X (n, D), component labels (n,)) as NumPy, in random order."""
+        check_fitted(self)
+        n_samples = check_positive_int(n_samples, name="n_samples")
+        generator = make_generator(random_state, self.means.device)
+        with torch.no_grad():
+            weights = self.log_weights().exp()
+            labels = torch.multinomial(weights, n_samples, replacement=True, generator=generator)
+            noise = torch.randn(
+                n_samples, self.n_features, generator=generator,
+                dtype=self.means.dtype, device=self.means.device,
+            )
+            samples = self.means[labels] + self._color(noise, labels)
+        return samples.cpu().numpy(), labels.cpu().numpy()
+
+    def _color(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Map standard-normal noise (n, D) to N(0, Sigma_label): z -> z U^-1."""
+        prec_chol = self._precision_cholesky()
+        if self.covariance_type == "diag":
+            return noise / prec_chol[labels]
+        if self.covariance_type == "spherical":
+            return noise / prec_chol[labels].unsqueeze(1)
+        if self.covariance_type == "tied":
+            return torch.linalg.solve_triangular(prec_chol, noise, upper=True, left=False)
+        out = torch.empty_like(noise)
+        for k in range(self.n_components):  # K small: one triangular solve per component
+            rows = labels == k
+            out[rows] = torch.linalg.solve_triangular(
+                prec_chol[k], noise[rows], upper=True, left=False
+            )
+        return out
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of free parameters (weights, means, covariances), as used by BIC and AIC."""
+        K, D = self.n_components, self.n_features
+        covariance = {
+            "full": K * D * (D + 1) // 2,
+            "tied": D * (D + 1) // 2,
+            "diag": K * D,
+            "spherical": K,
+        }[self.covariance_type]
+        return covariance + K * D + K - 1
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion on X: -2 log L + p log N (lower is better)."""
+        n_samples = len(X)
+        return -2.0 * self.score(X) * n_samples + self.n_parameters * math.log(n_samples)
+
+    def aic(self, X) -> float:
+        """Akaike information criterion on X: -2 log L + 2 p (lower is better)."""
+        return -2.0 * self.score(X) * len(X) + 2.0 * self.n_parameters
+
+    # ------------------------------------------------------------------ getters (seed 000)
+
+    def get_weights(self) -> np.ndarray:
+        """Mixture weights (K,) as NumPy."""
+        check_fitted(self)
+        return self.log_weights().detach().exp().cpu().numpy()
+
+    def get_means(self) -> np.ndarray:
+        """Component means (K, D) as NumPy."""
+        check_fitted(self)
+        return self.means.detach().cpu().numpy().copy()
+
+    def get_variances(self) -> np.ndarray:
+        """Covariances in scikit-learn's shape for the type: full (K, D, D), tied (D, D),
+        diag (K, D), spherical (K,)."""
+        check_fitted(self)
+        with torch.no_grad():
+            covariances = covariance_from_precision_cholesky(
+                self._precision_cholesky(), self.covariance_type
+            )
+        return covariances.cpu().numpy()
+
+    def get_precisions_cholesky(self) -> np.ndarray:
+        """The precision Cholesky factors U (scikit-learn's `precisions_cholesky_`)."""
+        check_fitted(self)
+        return self._precision_cholesky().detach().cpu().numpy()
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(
+        self,
+        X,
+        method: str = "em",
+        max_iter: int = 100,
+        tol: float = 1e-3,
+        init: str = "kmeans++",
+        n_init: int = 1,
+        reg_covar: float = 1e-6,
+        sample_weight=None,
+        random_state=None,
+        *,
+        lr: float = 0.05,
+        epochs: int | None = None,
+        verbose: bool = False,
+    ) -> GaussianMixture:
+        """Fit the mixture to X and return self.
+
+        Args:
+            X: (N, D) array or tensor, or a re-iterable of chunks (a list of (n_i, D) arrays, or a
+                DataLoader yielding arrays or (X, sample_weight) pairs) for out-of-core EM.
+            method: "em" (exact expectation-maximisation) or "gradient" (Adam on the
+                negative mean log-likelihood, one step per chunk and epoch).
+            max_iter: EM iterations (or gradient epochs when `epochs` is None).
+            tol: stop when the mean log-likelihood per sample changes by less than this.
+            init: "kmeans++" (seeding plus a few Lloyd steps), "kmeans" (Lloyd to convergence),
+                "random" (random responsibilities), "random_from_data" (random samples as
+                means, nearest-mean assignment) or "current" (continue from the present
+                parameters). The first four end with one M step from the assignment.
+            n_init: number of initialisations; the one with the best final bound is kept
+                (ignored for init="current", which has only one starting point).
+            reg_covar: added to the covariance diagonals; also the variance floor.
+            sample_weight: (N,) non-negative weights (or one array per chunk).
+            random_state: None, an int seed or a torch.Generator.
+            lr, epochs: Adam's learning rate and number of passes for method="gradient".
+            verbose: show a progress bar.
+
+        A failed fit raises and leaves the previous parameters untouched.
+        """
+        method = check_choice(method, FIT_METHODS, name="method")
+        init = check_choice(init, INIT_METHODS, name="init")
+        max_iter = check_positive_int(max_iter, name="max_iter")
+        n_init = check_positive_int(n_init, name="n_init")
+        tol = check_nonnegative_float(tol, name="tol")
+        reg_covar = check_nonnegative_float(reg_covar, name="reg_covar")
+        lr = check_nonnegative_float(lr, name="lr")
+        if lr == 0 and method == "gradient":
+            raise ValueError("lr must be > 0 for method='gradient', got 0")
+        n_steps = max_iter if epochs is None else check_positive_int(epochs, name="epochs")
+
+        source = SampleSource(
+            X, sample_weight, n_features=self.n_features, dtype=self.means.dtype,
+            device=self.means.device, owner=f"this {type(self).__name__}",
+        )
+        if source.n_samples < self.n_components:
+            raise ValueError(
+                f"X has {source.n_samples} samples, but n_components={self.n_components} needs "
+                f"at least {self.n_components}"
+            )
+        generator = make_generator(random_state, self.means.device)
+        n_runs = 1 if init == "current" else n_init
+        best: EMResult | None = None
+        with tqdm(total=n_steps * n_runs, disable=not verbose, desc=f"{method} fit") as bar:
+            for _ in range(n_runs):
+                start = self._initial_params(source, init, generator, reg_covar)
+                if method == "em":
+                    result = run_em(
+                        source, start, self.covariance_type, max_iter=n_steps, tol=tol,
+                        reg_covar=reg_covar, progress=bar if verbose else None,
+                    )
+                else:
+                    result = self._run_gradient(
+                        source, start, n_steps, lr, tol, reg_covar, bar if verbose else None
+                    )
+                if best is None or result.lower_bound > best.lower_bound:
+                    best = result
+
+        if not best.converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in {best.n_iter} iterations "
+                f"(tol={tol}); try a larger max_iter, a larger tol or another init",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        params = best.params
+        self._set_params(params.log_weights, params.means + source.center, params.prec_chol)
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bounds_ = list(best.lower_bounds)
+        self.lower_bound_ = best.lower_bound
+        return self
+
+    def _initial_params(
+        self, source: SampleSource, init: str, generator: torch.Generator, reg_covar: float
+    ) -> GaussianParams:
+        """Starting parameters in the source's centred coordinates."""
+        K, kind = self.n_components, self.covariance_type
+        if init == "current":
+            with torch.no_grad():
+                return GaussianParams(
+                    self.log_weights().clone(),
+                    self.means - source.center,
+                    self._precision_cholesky().clone(),
+                )
+        if init == "random":
+            def resp_fn(chunk):
+                resp = torch.rand(
+                    K, chunk.n_samples, generator=generator, dtype=chunk.X.dtype,
+                    device=chunk.X.device,
+                )
+                return resp / resp.sum(0, keepdim=True)
+
+            def reseed_points(n):
+                return _distinct_rows(source, n, generator)
+        else:
+            if init == "random_from_data":
+                centers = _distinct_rows(source, K, generator)
+            else:
+                centers = kmeans_plusplus(source, K, generator)
+                steps = KMEANS_PLUSPLUS_LLOYD_STEPS if init == "kmeans++" else KMEANS_MAX_ITER
+                centers = lloyd(source, centers, steps)
+
+            def resp_fn(chunk):
+                labels = nearest_center(chunk.X, centers)
+                return torch.nn.functional.one_hot(labels, K).T.to(chunk.X.dtype)
+
+            def reseed_points(n):  # the samples farthest from every centre
+                return lowest_scoring_samples(
+                    source, lambda chunk: -squared_distances(chunk.X, centers).amin(1), n
+                )
+
+        stats = accumulate(source, kind, K, resp_fn=resp_fn)
+        return m_step(stats, kind, reg_covar, source.total_weight, reseed_points)
+
+    def _run_gradient(
+        self, source, start: GaussianParams, epochs, lr, tol, reg_covar, progress
+    ) -> EMResult:
+        """Maximum likelihood by Adam on unconstrained parameters, with the variance floor
+        `max(reg_covar, eps)` restored after every step (projected gradient)."""
+        kind = self.covariance_type
+        floor = max(reg_covar, torch.finfo(self.means.dtype).eps)
+        logits = start.log_weights.detach().clone().requires_grad_(True)
+        means = start.means.detach().clone().requires_grad_(True)
+        raw = raw_from_precision_cholesky(start.prec_chol, kind).detach().requires_grad_(True)
+        optimizer = torch.optim.Adam([logits, means, raw], lr=lr)
+        history: list[float] = []
+        previous, converged, epoch = -math.inf, False, 0
+        with torch.enable_grad():
+            for epoch in range(1, epochs + 1):
+                total = 0.0
+                for chunk in source:
+                    weight = chunk.weights_or_ones()
+                    log_lik = torch.logsumexp(
+                        log_gaussian_prob(
+                            chunk.X, means, precision_cholesky_from_raw(raw, kind), kind
+                        ) + torch.log_softmax(logits, 0),
+                        dim=1,
+                    )
+                    weighted = weight @ log_lik
+                    optimizer.zero_grad(set_to_none=True)
+                    (-weighted / weight.sum().clamp_min(1e-12)).backward()
+                    optimizer.step()
+                    _project_variance_floor(raw, kind, floor)
+                    total += float(weighted.detach())
+                lower_bound = total / source.total_weight
+                if not math.isfinite(lower_bound):
+                    raise FloatingPointError(
+                        f"gradient fit diverged at epoch {epoch}: lower the learning rate lr"
+                    )
+                history.append(lower_bound)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(lower_bound=f"{lower_bound:.5g}")
+                if abs(lower_bound - previous) < tol:
+                    converged = True
+                    break
+                previous = lower_bound
+        with torch.no_grad():
+            params = GaussianParams(
+                torch.log_softmax(logits, 0), means.detach(),
+                precision_cholesky_from_raw(raw.detach(), kind),
+            )
+        return EMResult(params, converged, epoch, history)
+
+
+def _project_variance_floor(raw: torch.Tensor, covariance_type: str, floor: float) -> None:
+    """Restore var >= floor in place after an optimiser step."""
+    with torch.no_grad():
+        if covariance_type in ("diag", "spherical"):  # U = exp(raw) <= floor^-1/2
+            raw.clamp_(max=-0.5 * math.log(floor))
+            return
+        prec_chol = precision_cholesky_from_raw(raw, covariance_type)
+        covariances = covariance_from_precision_cholesky(prec_chol, covariance_type)
+        eigenvalues = torch.linalg.eigvalsh(0.5 * (covariances + covariances.mT))
+        if bool((eigenvalues.amin(-1) < floor).any()):
+            floored = floor_covariance(covariances, covariance_type, floor)
+            raw.copy_(raw_from_precision_cholesky(
+                precision_cholesky_from_covariance(floored, covariance_type), covariance_type
+            ))
+
+
+def _distinct_rows(source: SampleSource, n_rows: int, generator: torch.Generator):
+    """`n_rows` distinct samples chosen uniformly at random, (n_rows, D)."""
+    picks = torch.randperm(source.n_samples, generator=generator, device=source.device)[:n_rows]
+    picks, order = picks.sort()
+    rows = torch.empty(n_rows, source.n_features, dtype=source.dtype, device=source.device)
+    offset = 0
+    for chunk in source:
+        inside = (picks >= offset) & (picks < offset + chunk.n_samples)
+        rows[order[inside]] = chunk.X[picks[inside] - offset]
+        offset += chunk.n_samples
+    return rows
+
+
+def _check_params(weights, means, covariances, covariance_type):
+    """Validate `from_params` arguments in float64; return them as float64 tensors."""
+    as64 = {"dtype": torch.float64, "device": "cpu"}
+    means = to_numeric_tensor(means, name="means", **as64)
+    if means.ndim != 2 or means.shape[0] == 0 or means.shape[1] == 0:
+        raise ValueError(
+            f"means must be 2-D (n_components, n_features), got shape {tuple(means.shape)}"
+        )
+    check_finite(means, name="means")
+    n_components, n_features = means.shape
+    weights = to_numeric_tensor(weights, name="weights", **as64)
+    if weights.shape != (n_components,):
+        raise ValueError(
+            f"weights must have shape ({n_components},) to match means, got "
+            f"{tuple(weights.shape)}"
+        )
+    check_finite(weights, name="weights")
+    if bool((weights < 0).any()):
+        raise ValueError(f"weights must be non-negative, got {weights.tolist()}")
+    if abs(float(weights.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"weights must sum to 1, got {float(weights.sum()):.8g}")
+    weights = weights / weights.sum()
+
+    covariances = to_numeric_tensor(covariances, name="covariances", **as64)
+    expected = covariance_shape(covariance_type, n_components, n_features)
+    if tuple(covariances.shape) != expected:
+        raise ValueError(
+            f"covariances for covariance_type={covariance_type!r} must have shape {expected}, "
+            f"got {tuple(covariances.shape)}"
+        )
+    check_finite(covariances, name="covariances")
+    if covariance_type in ("diag", "spherical"):
+        if bool((covariances <= 0).any()):
+            raise ValueError(
+                f"covariances must be positive for covariance_type={covariance_type!r}, got "
+                f"a minimum of {float(covariances.min()):.6g}"
+            )
+        return weights, means, covariances
+    matrices = covariances.reshape(-1, n_features, n_features)
+    scale = matrices.abs().amax(dim=(1, 2)).clamp_min(1e-300)
+    asymmetry = (matrices - matrices.mT).abs().amax(dim=(1, 2)) / scale
+    _, info = torch.linalg.cholesky_ex(matrices)
+    for index in range(matrices.shape[0]):
+        where = "covariances" if covariance_type == "tied" else f"covariances[{index}]"
+        if float(asymmetry[index]) > 1e-8:
+            raise ValueError(f"{where} is not symmetric")
+        if int(info[index]) != 0:
+            raise ValueError(f"{where} is not positive definite")
+    return weights, means, covariances
