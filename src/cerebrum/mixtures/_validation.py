@@ -38,6 +38,8 @@ def to_numeric_tensor(
         raise TypeError(
             f"{name} must be a numeric array (integers or floats), got dtype {array.dtype}"
         )
+    if not array.flags.writeable:  # torch cannot wrap read-only memory (e.g. a memmap)
+        array = array.copy()
     return torch.as_tensor(array, device=device).to(dtype)
 
 

@@ -114,13 +114,17 @@ def floor_covariance(
 
     Diagonal types are clamped directly. Full/tied matrices are symmetrised and only those whose
     smallest eigenvalue falls below the floor are rebuilt from a clamped eigendecomposition, so a
-    well-conditioned covariance passes through unchanged.
+    well-conditioned covariance passes through unchanged. For matrices the floor is raised to
+    `D * eps * largest eigenvalue` where that is larger, the smallest eigenvalue a Cholesky
+    factorisation can resolve in the working precision.
     """
     if covariance_type in ("diag", "spherical"):
         return covariances.clamp_min(floor)
     symmetric = 0.5 * (covariances + covariances.mT)
     eigenvalues, eigenvectors = torch.linalg.eigh(symmetric)
-    low = eigenvalues.amin(-1) < floor
+    resolvable = covariances.shape[-1] * torch.finfo(covariances.dtype).eps
+    floor = (resolvable * eigenvalues.amax(-1, keepdim=True)).clamp_min(floor)
+    low = (eigenvalues < floor).any(-1)
     if not bool(low.any()):
         return symmetric
     rebuilt = (eigenvectors * eigenvalues.clamp_min(floor).unsqueeze(-2)) @ eigenvectors.mT
