@@ -106,9 +106,14 @@ def run_pomegranate(X, params, covariance_type, n_iter):
     tensor = torch.as_tensor(X, dtype=torch.float32)
 
     def fit():
+        def covs(k):
+            if kind == "sphere":  # pomegranate wants one value per feature
+                return np.full(means.shape[1], covariances[k])
+            return covariances[k]
+
         dists = [
             Normal(means=torch.as_tensor(means[k], dtype=torch.float32),
-                   covs=torch.as_tensor(covariances[k], dtype=torch.float32),
+                   covs=torch.as_tensor(covs(k), dtype=torch.float32),
                    covariance_type=kind)
             for k in range(len(weights))
         ]

@@ -131,7 +131,9 @@ class SampleSource:
     def _set_totals(self, weighted_sum: torch.Tensor, total: torch.Tensor) -> None:
         self.total_weight = float(total)
         if self.total_weight <= 0:
-            raise ValueError("sample_weight sums to zero: at least one sample needs a positive weight")
+            raise ValueError(
+                "sample_weight sums to zero: at least one sample needs a positive weight"
+            )
         self.center = (weighted_sum / total).to(self.dtype)
 
     def _scan_chunks(self) -> None:

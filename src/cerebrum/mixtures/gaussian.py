@@ -392,7 +392,8 @@ class GaussianMixture(nn.Module):
         best: EMResult | None = None
         with tqdm(total=n_steps * n_runs, disable=not verbose, desc=f"{method} fit") as bar:
             for _ in range(n_runs):
-                start = self._initial_params(source, init, generator, reg_covar)
+                with torch.inference_mode():
+                    start = self._initial_params(source, init, generator, reg_covar)
                 if method == "em":
                     result = run_em(
                         source, start, self.covariance_type, max_iter=n_steps, tol=tol,
