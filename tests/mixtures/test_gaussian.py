@@ -78,7 +78,7 @@ def test_log_prob_is_stable_in_float32_far_from_origin(covariance_type):
 
 
 @pytest.mark.parametrize("fitted_first", [False, True])
-def test_log_prob_is_differentiable(fitted_first):
+def test_log_prob_is_differentiable(fitted_first, no_convergence_warning):
     gm = GaussianMixture(3, 2, "full")
     X = torch.randn(60, 2)
     if fitted_first:  # EM runs in inference mode; the parameters must stay trainable after it
