@@ -25,8 +25,8 @@ from cerebrum.mixtures._validation import check_sample_weight, check_samples
 class Chunk:
     """One block of samples: `X` (N, D) centred, `weight` (N,) or None for unit weights.
 
-    `cache` holds per-chunk derived features (e.g. [X**2, X]); an in-memory chunk keeps its cache
-    across EM iterations, a streamed chunk is rebuilt on every pass.
+    `cache` holds derived data (its row blocks); an in-memory chunk keeps its cache across EM
+    iterations, a streamed chunk is rebuilt on every pass.
     """
 
     X: torch.Tensor

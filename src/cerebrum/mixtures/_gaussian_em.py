@@ -7,7 +7,7 @@ disk, and a chunked fit equals an in-memory fit up to floating-point summation o
 
 How the statistics are formed, per covariance type:
 - diag / spherical: raw moments of the (centred) data, from one GEMM of the responsibilities with
-  the cached features [X**2, X]. The E step is one GEMM too. This is the fast path.
+  the features [X**2, X] of each block. The E step is one GEMM too. This is the fast path.
 - full / tied: scatter about the *previous* means, accumulated in whitened coordinates
   y = (x - mu_old) U_old (already computed by the E step) and mapped back with U_old^-1. Near
   convergence the new means barely move, so there is no catastrophic cancellation even in float32.
@@ -74,13 +74,14 @@ class GaussianStats:
         )
 
 
-def _moment_features(chunk: Chunk) -> torch.Tensor:
-    """[X**2, X] (N, 2D), computed once per in-memory chunk and cached."""
-    features = chunk.cache.get("moments")
-    if features is None:
-        features = torch.cat([chunk.X.square(), chunk.X], dim=1)
-        chunk.cache["moments"] = features
-    return features
+def _moment_features(X: torch.Tensor) -> torch.Tensor:
+    """[X**2, X] (N, 2D) for one block.
+
+    Rebuilt for every block on every pass rather than cached: reading X and squaring it in
+    cache is cheaper than streaming a cached copy twice the size of X from memory (measured
+    0.21 s -> 0.16 s for the diag benchmark fit).
+    """
+    return torch.cat([X.square(), X], dim=1)
 
 
 def _diagonal_precisions(prec_chol: torch.Tensor, covariance_type: str, n_features: int):
@@ -92,7 +93,11 @@ def _diagonal_precisions(prec_chol: torch.Tensor, covariance_type: str, n_featur
 
 
 def weighted_log_prob_t(
-    chunk: Chunk, params: GaussianParams, covariance_type: str, scale: float = 1.0
+    chunk: Chunk,
+    params: GaussianParams,
+    covariance_type: str,
+    scale: float = 1.0,
+    features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """scale * (log(pi_k) + log N(x_n | k)) transposed, (K, N), plus the whitened residuals
     (K, N, D) for full/tied (None for diag/spherical).
@@ -100,7 +105,7 @@ def weighted_log_prob_t(
     Components lead because K is small: reductions over K then run as vectorised element-wise
     operations over N instead of short inner loops. `scale=LOG2E` gives base-2 logarithms for
     free (folded into the coefficients), which `normalize_log2_prob_t_` exponentiates with the
-    cheaper exp2.
+    cheaper exp2. `features` may pass in the block's `[X**2, X]` when the caller has them.
     """
     n_features = chunk.X.shape[1]
     log_det = log_det_precision_cholesky(params.prec_chol, covariance_type, n_features)
@@ -111,7 +116,9 @@ def weighted_log_prob_t(
         precisions = _diagonal_precisions(params.prec_chol, covariance_type, n_features)
         constant = offset - 0.5 * (params.means.square() * precisions).sum(1, keepdim=True)
         coefficients = torch.cat([-0.5 * precisions, params.means * precisions], dim=1)
-        log_prob = (scale * coefficients) @ _moment_features(chunk).T
+        if features is None:
+            features = _moment_features(chunk.X)
+        log_prob = (scale * coefficients) @ features.T
         return log_prob.add_(scale * constant), None
     residuals = whitened_residuals(chunk.X, params.means, params.prec_chol, covariance_type)
     log_prob = residuals.square().sum(-1).mul_(-0.5 * scale).add_(scale * offset)
@@ -122,12 +129,13 @@ def normalize_log2_prob_t_(log2_prob: torch.Tensor) -> tuple[torch.Tensor, torch
     """Responsibilities (K, N) and log p(x_n) in nats (N,) from base-2 joint log-probabilities
     (K, N), working in place.
 
-    Differences below log2(tiny) are clamped before exponentiating: the responsibilities they
-    give are zero to working precision anyway, and exp of arguments that underflow runs an order
-    of magnitude slower on CPUs. exp2 is used because it is about twice as fast as exp there.
+    Responsibilities are floored at sqrt(tiny) (about 1e-19 in float32, 1e-154 in float64),
+    far below the working precision of the statistics they feed. Without the floor, exp of
+    underflowing arguments and the M-step GEMM on subnormal products both take slow paths on
+    CPUs (measured 2-15x per element). exp2 is used because it is about twice as fast as exp.
     """
     peak = log2_prob.amax(0)
-    lowest = math.log2(torch.finfo(log2_prob.dtype).tiny) + 12.0
+    lowest = 0.5 * math.log2(torch.finfo(log2_prob.dtype).tiny)
     resp = log2_prob.sub_(peak).clamp_min_(lowest).exp2_()
     total = resp.sum(0)
     return resp.div_(total), (peak + total.log2()).mul_(LN2)
@@ -147,8 +155,11 @@ def chunk_statistics(
     X = chunk.X
     n_features = X.shape[1]
     residuals = None
+    features = _moment_features(X) if covariance_type in ("diag", "spherical") else None
     if params is not None:
-        log2_prob, residuals = weighted_log_prob_t(chunk, params, covariance_type, LOG2E)
+        log2_prob, residuals = weighted_log_prob_t(
+            chunk, params, covariance_type, LOG2E, features=features
+        )
         resp, log_norm = normalize_log2_prob_t_(log2_prob)
         log_likelihood = log_norm.sum() if chunk.weight is None else chunk.weight @ log_norm
     else:
@@ -158,7 +169,7 @@ def chunk_statistics(
     resp_sum = weighted_resp.sum(1)
 
     if covariance_type in ("diag", "spherical"):
-        moments = weighted_resp @ _moment_features(chunk)
+        moments = weighted_resp @ features
         ref = torch.zeros(n_components, n_features, dtype=X.dtype, device=X.device)
         second, first = moments[:, :n_features], moments[:, n_features:]
     else:
