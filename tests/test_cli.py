@@ -55,3 +55,10 @@ def test_demo_model_selection_on_digits():
     assert by_k[10]["ari"] > by_k[40]["ari"] > 0.2
     table = demo.format_selection_table(rows)
     assert "40" in table.splitlines()[2] and table.splitlines()[2].rstrip().endswith("*")
+
+
+def test_output_piped_into_head_exits_quietly():
+    command = f"{sys.executable} -m cerebrum demo | head -n 1"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+    assert result.stdout.startswith("Cerebrum demo")
+    assert "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ stderr and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cerebrum import __version__
@@ -61,6 +62,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"cerebrum {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
