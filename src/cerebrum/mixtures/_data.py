@@ -124,10 +124,6 @@ class SampleSource:
         for X, weight in self._raw_chunks(validate=False):
             yield Chunk(X - self.center, weight)
 
-    @property
-    def in_memory(self) -> bool:
-        return self._resident is not None
-
     def _set_totals(self, weighted_sum: torch.Tensor, total: torch.Tensor) -> None:
         self.total_weight = float(total)
         if self.total_weight <= 0:

@@ -58,20 +58,16 @@ def draw_rows(
     targets = targets * sum(totals)
     rows = torch.empty(n_draws, source.n_features, dtype=dtype, device=device)
     offset = 0.0
-    for chunk, total in zip(source, totals, strict=True):
-        inside = (targets >= offset) & (targets < offset + total)
+    for index, (chunk, total) in enumerate(zip(source, totals, strict=True)):
+        upper = offset + total
+        if index == len(totals) - 1:  # a target at the grand total (rounding) belongs here
+            upper = math.inf
+        inside = (targets >= offset) & (targets < upper)
         if bool(inside.any()):
             cumulative = torch.cumsum(_chunk_mass(chunk, centers).double(), 0)
-            index = torch.searchsorted(cumulative, targets[inside] - offset, right=True)
-            rows[inside] = chunk.X[index.clamp_max(chunk.n_samples - 1)]
+            found = torch.searchsorted(cumulative, targets[inside] - offset, right=True)
+            rows[inside] = chunk.X[found.clamp_max(chunk.n_samples - 1)]
         offset += total
-    # A target equal to the grand total (possible in rounding) belongs to the last chunk.
-    overflow = targets >= offset
-    if bool(overflow.any()):
-        last = None
-        for chunk in source:
-            last = chunk
-        rows[overflow] = last.X[-1]
     return rows
 
 
