@@ -1,0 +1,107 @@
+"""Log-space HMM inference against brute-force enumeration, and parallel equal to sequential."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cerebrum.mixtures import hmm_inference as inference
+
+
+def random_model(rng, n_states, batch, n_steps):
+    start = rng.dirichlet(np.ones(n_states))
+    trans = rng.dirichlet(np.ones(n_states), size=n_states)
+    log_emit = rng.normal(scale=2.0, size=(batch, n_steps, n_states))
+    return (torch.as_tensor(np.log(start)), torch.as_tensor(np.log(trans)),
+            torch.as_tensor(log_emit))
+
+
+def brute_force(log_start, log_trans, log_emit, length):
+    """Every path of one sequence: log-likelihood, posteriors, best path and its score."""
+    n_states = log_start.shape[0]
+    scores = {}
+    for path in itertools.product(range(n_states), repeat=length):
+        score = log_start[path[0]] + log_emit[0, path[0]]
+        for t in range(1, length):
+            score = score + log_trans[path[t - 1], path[t]] + log_emit[t, path[t]]
+        scores[path] = float(score)
+    values = np.array(list(scores.values()))
+    log_likelihood = np.logaddexp.reduce(values)
+    gamma = np.zeros((length, n_states))
+    for path, score in scores.items():
+        gamma[np.arange(length), list(path)] += math.exp(score - log_likelihood)
+    best = max(scores, key=scores.get)
+    return log_likelihood, gamma, np.array(best), scores[best]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 4])
+@pytest.mark.parametrize("n_states", [1, 2, 3])
+def test_padded_batch_matches_enumeration(n_states, chunk_size):
+    rng = np.random.default_rng(n_states)
+    lengths = torch.tensor([6, 1, 4, 5])
+    log_start, log_trans, log_emit = random_model(rng, n_states, len(lengths), 6)
+    gamma, log_lik = inference.posteriors(log_start, log_trans, log_emit, lengths, chunk_size)
+    path, best = inference.viterbi(log_start, log_trans, log_emit, lengths, chunk_size)
+    for b, length in enumerate(lengths.tolist()):
+        ref_ll, ref_gamma, ref_path, ref_best = brute_force(
+            log_start, log_trans, log_emit[b], length
+        )
+        assert float(log_lik[b]) == pytest.approx(ref_ll, rel=1e-12)
+        np.testing.assert_allclose(gamma[b, :length].numpy(), ref_gamma, atol=1e-12)
+        assert torch.all(gamma[b, length:] == 0)
+        np.testing.assert_allclose(gamma[b, :length].sum(-1).numpy(), 1.0, rtol=1e-12)
+        np.testing.assert_array_equal(path[b, :length].numpy(), ref_path)
+        assert torch.all(path[b, length:] == -1)
+        assert float(best[b]) == pytest.approx(ref_best, rel=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 7, 50])
+def test_chunked_equals_sequential_on_long_sequences(chunk_size):
+    rng = np.random.default_rng(10)
+    lengths = torch.tensor([500, 317, 1, 499])
+    log_start, log_trans, log_emit = random_model(rng, 5, len(lengths), 500)
+    sequential = {}
+    for name, semiring in (("log", "log"), ("max", "max")):
+        alpha, total = inference.forward(log_start, log_trans, log_emit, lengths, semiring,
+                                         chunk_size=10**9)
+        beta = inference.backward(log_trans, log_emit, lengths, semiring, chunk_size=10**9)
+        sequential[name] = (alpha, total, beta)
+    for name, semiring in (("log", "log"), ("max", "max")):
+        alpha, total = inference.forward(log_start, log_trans, log_emit, lengths, semiring,
+                                         chunk_size=chunk_size)
+        beta = inference.backward(log_trans, log_emit, lengths, semiring, chunk_size=chunk_size)
+        ref_alpha, ref_total, ref_beta = sequential[name]
+        torch.testing.assert_close(alpha, ref_alpha, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(total, ref_total, rtol=1e-12, atol=0)
+        torch.testing.assert_close(beta, ref_beta, rtol=1e-10, atol=1e-10)
+    path, _ = inference.viterbi(log_start, log_trans, log_emit, lengths, chunk_size)
+    ref_path, _ = inference.viterbi(log_start, log_trans, log_emit, lengths, 10**9)
+    torch.testing.assert_close(path, ref_path)
+
+
+def test_padded_sequence_equals_it_alone():
+    rng = np.random.default_rng(11)
+    log_start, log_trans, log_emit = random_model(rng, 4, 1, 300)
+    alone, _ = inference.posteriors(log_start, log_trans, log_emit[:, :120], torch.tensor([120]))
+    padded, _ = inference.posteriors(log_start, log_trans, log_emit, torch.tensor([120]))
+    torch.testing.assert_close(padded[:, :120], alone, rtol=1e-10, atol=1e-12)
+
+
+def test_one_million_steps_is_finite_in_float32():
+    rng = np.random.default_rng(12)
+    n_steps, n_states = 1_000_000, 16
+    log_start, log_trans, _ = random_model(rng, n_states, 1, 1)
+    log_emit = torch.randn(1, n_steps, n_states, generator=torch.Generator().manual_seed(0))
+    _, log_lik = inference.forward(
+        log_start.float(), log_trans.float(), log_emit, torch.tensor([n_steps])
+    )
+    assert torch.isfinite(log_lik).all()
+    # Against float64 on a prefix we can afford sequentially.
+    prefix = log_emit[:, :2000].double()
+    _, exact = inference.forward(log_start, log_trans, prefix, torch.tensor([2000]),
+                                 chunk_size=10**9)
+    _, fast = inference.forward(log_start.float(), log_trans.float(), prefix.float(),
+                                torch.tensor([2000]))
+    assert float(fast) == pytest.approx(float(exact), rel=1e-5)
