@@ -29,6 +29,11 @@ import torch
 SEQUENTIAL_MAX_STEPS = 64
 
 
+def default_chunk_size(n_steps: int) -> int:
+    """~sqrt(T) steps per chunk, or the whole sequence (plain recursion) when it is short."""
+    return n_steps if n_steps <= SEQUENTIAL_MAX_STEPS else math.isqrt(n_steps) + 1
+
+
 def valid_mask(lengths: torch.Tensor, n_steps: int) -> torch.Tensor:
     """(B, T) boolean, True where t < length."""
     return torch.arange(n_steps, device=lengths.device) < lengths.unsqueeze(1)
@@ -77,7 +82,7 @@ def semiring_scan(
     """
     device = first.device
     if chunk_size is None:
-        chunk_size = n_steps if n_steps <= SEQUENTIAL_MAX_STEPS else math.isqrt(n_steps) + 1
+        chunk_size = default_chunk_size(n_steps)
     if chunk_size >= n_steps:  # plain recursion
         out = [first]
         for t in range(1, n_steps):
@@ -196,7 +201,7 @@ def _follow_pointers(pointers: torch.Tensor, last_state: torch.Tensor, chunk_siz
     n_steps = n_links + 1
     reversed_pointers = pointers.flip(1)  # link k maps path_{T-1-k} to path_{T-2-k}
     if chunk_size is None:
-        chunk_size = n_steps if n_steps <= SEQUENTIAL_MAX_STEPS else math.isqrt(n_steps) + 1
+        chunk_size = default_chunk_size(n_steps)
     chunk_size = max(1, min(chunk_size, n_links))
     n_chunks = max(1, -(-n_links // chunk_size))
     padded = n_chunks * chunk_size
