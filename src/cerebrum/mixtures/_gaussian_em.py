@@ -147,16 +147,19 @@ def chunk_statistics(
     params: GaussianParams | None = None,
     resp: torch.Tensor | None = None,
 ) -> GaussianStats:
-    """E step on one chunk (when `params` is given) and its weighted sufficient statistics.
+    """E step on one chunk (when only `params` is given) and its weighted sufficient statistics.
 
-    Pass `resp` (K, N) instead of `params` to accumulate statistics for fixed responsibilities
-    (hard k-means labels at initialisation); the log-likelihood is then zero.
+    Pass `resp` (K, N) to accumulate statistics for given responsibilities (hard k-means labels
+    at initialisation, HMM state posteriors); the log-likelihood is then zero. With both, `params`
+    only serves as the reference point of the full/tied scatter (for float32 accuracy).
     """
     X = chunk.X
     n_features = X.shape[1]
     residuals = None
     features = _moment_features(X) if covariance_type in ("diag", "spherical") else None
-    if params is not None:
+    if resp is not None and params is not None and covariance_type in ("full", "tied"):
+        residuals = whitened_residuals(X, params.means, params.prec_chol, covariance_type)
+    if resp is None:
         log2_prob, residuals = weighted_log_prob_t(
             chunk, params, covariance_type, LOG2E, features=features
         )

@@ -44,6 +44,7 @@ from cerebrum.mixtures._validation import (
     to_numeric_tensor,
 )
 from cerebrum.mixtures.gaussian_math import (
+    colour_noise,
     covariance_from_precision_cholesky,
     covariance_shape,
     floor_covariance,
@@ -258,25 +259,10 @@ class GaussianMixture(nn.Module):
                 n_samples, self.n_features, generator=generator,
                 dtype=self.means.dtype, device=self.means.device,
             )
-            samples = self.means[labels] + self._color(noise, labels)
-        return samples.cpu().numpy(), labels.cpu().numpy()
-
-    def _color(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Map standard-normal noise (n, D) to N(0, Sigma_label): z -> z U^-1."""
-        prec_chol = self._precision_cholesky()
-        if self.covariance_type == "diag":
-            return noise / prec_chol[labels]
-        if self.covariance_type == "spherical":
-            return noise / prec_chol[labels].unsqueeze(1)
-        if self.covariance_type == "tied":
-            return torch.linalg.solve_triangular(prec_chol, noise, upper=True, left=False)
-        out = torch.empty_like(noise)
-        for k in range(self.n_components):  # K small: one triangular solve per component
-            rows = labels == k
-            out[rows] = torch.linalg.solve_triangular(
-                prec_chol[k], noise[rows], upper=True, left=False
+            samples = self.means[labels] + colour_noise(
+                noise, labels, self._precision_cholesky(), self.covariance_type
             )
-        return out
+        return samples.cpu().numpy(), labels.cpu().numpy()
 
     @property
     def n_parameters(self) -> int:

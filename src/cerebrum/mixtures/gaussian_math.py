@@ -93,6 +93,29 @@ def log_gaussian_prob(
     return -0.5 * (n_features * LOG_2PI + mahalanobis) + log_det
 
 
+def colour_noise(
+    noise: torch.Tensor, labels: torch.Tensor, prec_chol: torch.Tensor, covariance_type: str
+) -> torch.Tensor:
+    """Map standard-normal noise (n, D) to N(0, Sigma_label) row by row: z -> z U^-1.
+
+    labels (n,) index the components of `prec_chol`. Full matrices are handled one component
+    at a time (K is small), so memory stays O(n D) rather than O(n D^2).
+    """
+    if covariance_type == "diag":
+        return noise / prec_chol[labels]
+    if covariance_type == "spherical":
+        return noise / prec_chol[labels].unsqueeze(1)
+    if covariance_type == "tied":
+        return torch.linalg.solve_triangular(prec_chol, noise, upper=True, left=False)
+    out = torch.empty_like(noise)
+    for component in labels.unique().tolist():
+        rows = labels == component
+        out[rows] = torch.linalg.solve_triangular(
+            prec_chol[component], noise[rows], upper=True, left=False
+        )
+    return out
+
+
 def raw_from_precision_cholesky(prec_chol: torch.Tensor, covariance_type: str) -> torch.Tensor:
     """Unconstrained parameters: U with its diagonal replaced by its logarithm."""
     if covariance_type in ("diag", "spherical"):

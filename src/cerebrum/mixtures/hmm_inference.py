@@ -16,12 +16,22 @@ Unequal lengths: positions past a sequence's end get the identity step matrix (0
 diagonal, -inf elsewhere), so the forward variables carry unchanged to the last column and padded
 sequences cost no Python loop.
 
+Expectation-maximisation needs only posteriors and transition counts, and for those a faster
+form exists: `forward_backward` runs the same chunked scheme in probability space, where a step is
+one matrix product with the fixed transition matrix followed by an element-wise product with the
+emissions, every vector and chunk product rescaled as it goes (the classic scaling of Rabiner,
+1989). That is plain GEMMs instead of logsumexp over an (S, S, S) product. Its one weakness is
+float range: when a normaliser falls so low that the terms dropped by underflow could matter
+(below S**2 * tiny / eps, about 4e-30 in float32), the affected sequences are recomputed exactly
+in log space. The result equals the log-space one either way.
+
 Shapes: B sequences, T time steps (padded), S states.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -192,29 +202,35 @@ def viterbi(log_start, log_trans, log_emit, lengths, chunk_size=None):
 
 
 def _follow_pointers(pointers: torch.Tensor, last_state: torch.Tensor, chunk_size=None):
-    """path_{T-1} = last_state, path_{t-1} = pointers[t-1][path_t], as (B, T) int64.
+    """path_{T-1} = last_state, path_{t-1} = pointers[t-1][path_t], as (B, T) int64."""
+    return compose_maps(pointers.flip(1), last_state, chunk_size).flip(1)
 
-    The chain of look-ups is a composition of maps S -> S, so it runs chunk-parallel like the
-    scans: compose each chunk's maps, walk the chunk boundaries, then fill the chunks.
+
+def compose_maps(maps: torch.Tensor, first: torch.Tensor, chunk_size=None) -> torch.Tensor:
+    """Iterate maps S -> S given as look-up tables: x_0 = first, x_{k+1} = maps[:, k][x_k].
+
+    maps (B, n, S) int64, first (B,) int64; returns (B, n + 1). Viterbi back-tracking and the
+    sampling of state paths are both such chains. Composition is associative, so it runs
+    chunk-parallel like the scans: compose each chunk's maps, walk the chunk boundaries, then
+    fill the chunks.
     """
-    batch, n_links, n_states = pointers.shape
-    n_steps = n_links + 1
-    reversed_pointers = pointers.flip(1)  # link k maps path_{T-1-k} to path_{T-2-k}
+    batch, n_links, n_states = maps.shape
+    if n_links == 0:
+        return first.unsqueeze(1)
     if chunk_size is None:
-        chunk_size = default_chunk_size(n_steps)
+        chunk_size = default_chunk_size(n_links + 1)
     chunk_size = max(1, min(chunk_size, n_links))
-    n_chunks = max(1, -(-n_links // chunk_size))
+    n_chunks = -(-n_links // chunk_size)
     padded = n_chunks * chunk_size
-    identity = torch.arange(n_states, device=pointers.device).expand(batch, padded, n_states)
-    links = identity.clone()
-    links[:, :n_links] = reversed_pointers
+    links = torch.arange(n_states, device=maps.device).repeat(batch, padded, 1)  # identity
+    links[:, :n_links] = maps
     links = links.view(batch, n_chunks, chunk_size, n_states)
-    # 1. each chunk's composed map (apply link 0 first)
+    # 1. each chunk's composed map (its first link applied first)
     composed = links[:, :, 0]
     for offset in range(1, chunk_size):
         composed = torch.gather(links[:, :, offset], 2, composed)
     # 2. the state entering each chunk
-    entering = [last_state]
+    entering = [first]
     for chunk in range(n_chunks - 1):
         entering.append(composed[:, chunk].gather(1, entering[-1].unsqueeze(1)).squeeze(1))
     state = torch.stack(entering, dim=1)  # (B, C)
@@ -224,5 +240,261 @@ def _follow_pointers(pointers: torch.Tensor, last_state: torch.Tensor, chunk_siz
         state = links[:, :, offset].gather(2, state.unsqueeze(-1)).squeeze(-1)
         states.append(state)
     inside = torch.stack(states, dim=2).reshape(batch, padded)[:, :n_links]
-    reversed_path = torch.cat([last_state.unsqueeze(1), inside], dim=1)
-    return reversed_path.flip(1)
+    return torch.cat([first.unsqueeze(1), inside], dim=1)
+
+
+# ---------------------------------------------------------------------------- probability space
+
+
+#: Probability-space vectors and chunk products are rescaled every this many steps rather than
+#: every step (fewer kernels per step). In between, vector sums can only shrink and product
+#: entries grow by at most a factor S per step, which the underflow checks allow for.
+RESCALE_EVERY = 4
+
+
+def underflow_threshold(n_states: int, dtype: torch.dtype) -> float:
+    """Scales below this may have lost terms to underflow that matter at working precision."""
+    info = torch.finfo(dtype)
+    return n_states * n_states * info.tiny / info.eps
+
+
+def _normalized_scan(first, weights, emit, chunk_size=None):
+    """x_0 = first, x_t = (x_{t-1} @ weights) * e_t, each x_t normalised to sum 1.
+
+    State-major throughout (see the module docstring), G independent groups at once (the forward
+    and the backward pass share every kernel): first (G, S, B), weights (G, S, S) non-negative,
+    emit (G, S, B, T) in [0, 1]. Returns x (G, S, B, T) and `suspect` (G, B): True where
+    underflow may have cost accuracy (a vector sum or a chunk-product row fell below
+    `underflow_threshold`).
+    """
+    groups, n_states, batch, n_steps = emit.shape
+    threshold = underflow_threshold(n_states, emit.dtype)
+    transposed = weights.mT.contiguous()  # x_t^T = W^T x_{t-1}^T: a wide, fast GEMM
+    if chunk_size is None:
+        chunk_size = default_chunk_size(n_steps)
+    current = first / first.sum(1, keepdim=True)
+    suspect = torch.zeros(groups, batch, dtype=torch.bool, device=emit.device)
+    if n_steps == 1 or chunk_size >= n_steps - 1:  # plain recursion
+        steps = emit.permute(3, 0, 1, 2).contiguous()  # (T, G, S, B)
+        out = [current]
+        for t in range(1, n_steps):
+            current = torch.bmm(transposed, current) * steps[t]
+            out.append(current)  # stored before rescaling: its sum shows any underflow
+            if t % RESCALE_EVERY == 0:
+                current = current / current.sum(1, keepdim=True)
+        return _normalized_with_check(torch.stack(out, dim=-1), suspect, threshold)
+
+    n_links = n_steps - 1  # steps t = 1 .. T-1, cut into C chunks of L
+    n_chunks = -(-n_links // chunk_size)
+    padded = emit.new_ones(groups, n_states, batch, n_chunks * chunk_size)  # harmless padding
+    padded[..., :n_links] = emit[..., 1:]
+    # grid[:, l] = e at t = 1 + c L + l for every chunk c: (G, L, S, B, C)
+    grid = padded.view(groups, n_states, batch, n_chunks, chunk_size).permute(0, 4, 1, 2, 3)
+    grid = grid.contiguous()
+    # 1. every chunk's product P (rows i, columns j), stored transposed as (G, j, i, B, C),
+    #    rows rescaled to a maximum of 1 with their log-scales kept
+    products = transposed.view(groups, n_states, n_states, 1, 1) * grid[:, 0].unsqueeze(2)
+    log_scale = emit.new_zeros(groups, n_states, batch, n_chunks)  # per row i
+    for offset in range(1, chunk_size):
+        products = torch.bmm(transposed, products.view(groups, n_states, -1)).view_as(products)
+        products = products * grid[:, offset].unsqueeze(2)
+        if offset % RESCALE_EVERY == 0 or offset == chunk_size - 1:
+            peak = products.amax(1)  # (G, i, B, C)
+            suspect |= (~(peak >= threshold * n_states**RESCALE_EVERY)).any(1).any(-1)
+            products = products / peak.unsqueeze(1)
+            log_scale = log_scale + peak.log()
+    # 2. the state before each chunk (x at t = c L), walking the chunks one by one
+    by_chunk = products.permute(4, 0, 3, 1, 2).contiguous()  # (C, G, B, j, i)
+    scale_by_chunk = log_scale.permute(3, 0, 2, 1).contiguous()  # (C, G, B, i)
+    boundary = current.mT  # (G, B, S)
+    boundaries = [boundary]
+    for chunk in range(n_chunks - 1):
+        logits = boundary.log() + scale_by_chunk[chunk]
+        mixed = (logits - logits.amax(-1, keepdim=True)).exp()
+        boundary = (by_chunk[chunk] @ mixed.unsqueeze(-1)).squeeze(-1)
+        boundary = boundary / boundary.sum(-1, keepdim=True)
+        boundaries.append(boundary)
+    state = torch.stack(boundaries, dim=-1).transpose(1, 2).contiguous()  # (G, S, B, C)
+    # 3. every step inside the chunks, all chunks at once
+    columns = []
+    for offset in range(chunk_size):
+        state = torch.bmm(transposed, state.view(groups, n_states, -1)).view_as(state)
+        state = state * grid[:, offset]
+        columns.append(state)
+        if (offset + 1) % RESCALE_EVERY == 0:
+            state = state / state.sum(1, keepdim=True)
+    inside = torch.stack(columns, dim=-1).view(groups, n_states, batch, n_chunks * chunk_size)
+    out = torch.cat([current.unsqueeze(-1), inside[..., :n_links]], dim=-1)
+    return _normalized_with_check(out, suspect, threshold)
+
+
+def _normalized_with_check(values, suspect, threshold):
+    """values (G, S, B, T) normalised over S, and `suspect` updated with too-small sums."""
+    sums = values.sum(1, keepdim=True)
+    suspect = suspect | (~(sums >= threshold)).squeeze(1).any(-1)
+    return values / sums, suspect
+
+
+def _reverse_each(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of `values` (..., B, T) in time, within its own length."""
+    n_steps = values.shape[-1]
+    if bool((lengths == n_steps).all()):
+        return values.flip(-1)
+    steps = torch.arange(n_steps, device=lengths.device)
+    reversed_steps = lengths.unsqueeze(1) - 1 - steps
+    index = torch.where(reversed_steps >= 0, reversed_steps, steps.expand_as(reversed_steps))
+    return values.gather(-1, index.expand_as(values))
+
+
+class Expectations(NamedTuple):
+    """What an EM step needs from forward-backward.
+
+    posteriors (S, B, T): p(z_t | x), zero past each end (state-major); transitions (S, S):
+    expected transition counts summed over sequences and time; log_likelihood (B,): log p(x).
+    """
+
+    posteriors: torch.Tensor
+    transitions: torch.Tensor
+    log_likelihood: torch.Tensor
+
+
+def _scaled_emissions(log_emit, valid):
+    """Emissions (S, B, T) rescaled per step to a maximum of 1, and the log-scales (B, T).
+    Padding gets emission 1 in every state and scale 0."""
+    log_emit = log_emit.masked_fill(~valid, 0.0)
+    peak = log_emit.amax(0).clamp_min(torch.finfo(log_emit.dtype).min)
+    return (log_emit - peak).exp(), peak
+
+
+def _sequence_log_likelihood(alpha, start, trans, emit, peak, valid):
+    """log p(x) (B,) from normalised forward variables alpha (S, B, T): the sum of the logs of
+    the per-step normalisers p(x_t | x_<t) (the scaling method's identity). Also returns the
+    one-step predictions p(z_t | x_<t) (S, B, T-1) and the normalisers (B, T)."""
+    n_states, batch, n_steps = alpha.shape
+    first = start.unsqueeze(1) * emit[..., 0]  # (S, B)
+    predicted = (trans.T @ alpha.reshape(n_states, -1)).view_as(alpha)[..., :-1]
+    normalizers = torch.cat(
+        [first.sum(0).unsqueeze(1), (predicted * emit[..., 1:]).sum(0)], dim=1
+    )
+    log_lik = torch.where(valid, peak + normalizers.log(), 0.0).sum(1)
+    return log_lik, predicted, normalizers
+
+
+def _any_below(values, valid, threshold):
+    """(B,) True where a valid step's value is below `threshold` or not finite."""
+    return ((~(values >= threshold) | ~torch.isfinite(values)) & valid).any(1)
+
+
+def _batch_major(log_emit_state_major: torch.Tensor) -> torch.Tensor:
+    return log_emit_state_major.permute(1, 2, 0)
+
+
+def log_likelihood(log_start, log_trans, log_emit, lengths, chunk_size=None):
+    """log p(x) per sequence (B,) from state-major log_emit (S, B, T): the scaled forward pass,
+    with the log-space fallback."""
+    valid = valid_mask(lengths, log_emit.shape[-1])
+    emit, peak = _scaled_emissions(log_emit, valid)
+    start, trans = log_start.exp(), log_trans.exp()
+    first = start.unsqueeze(1) * emit[..., 0]
+    alpha, suspect = _normalized_scan(
+        first.unsqueeze(0), trans.unsqueeze(0), emit.unsqueeze(0), chunk_size
+    )
+    result, _, normalizers = _sequence_log_likelihood(alpha[0], start, trans, emit, peak, valid)
+    threshold = underflow_threshold(log_emit.shape[0], log_emit.dtype)
+    redo = suspect[0] | _any_below(normalizers, valid, threshold)
+    if bool(redo.any()):
+        _, exact = forward(
+            log_start, log_trans, _batch_major(log_emit[:, redo]), lengths[redo], "log",
+            chunk_size,
+        )
+        result = result.clone()
+        result[redo] = exact
+    return result
+
+
+def forward_backward(log_start, log_trans, log_emit, lengths, chunk_size=None) -> Expectations:
+    """Posteriors, expected transition counts and log-likelihoods for one E step, from
+    state-major log_emit (S, B, T).
+
+    Scaled probability-space recursions (GEMMs), the forward and the backward pass run as one
+    batch; sequences where underflow may have cost accuracy are recomputed in log space.
+    """
+    n_states, batch, n_steps = log_emit.shape
+    valid = valid_mask(lengths, n_steps)
+    emit, peak = _scaled_emissions(log_emit, valid)
+    start, trans = log_start.exp(), log_trans.exp()
+    # v_t = beta_t * e_t obeys the forward recursion, with A^T, on each sequence reversed.
+    emit_reversed = _reverse_each(emit, lengths)
+    scans, suspect = _normalized_scan(
+        torch.stack([start.unsqueeze(1) * emit[..., 0], emit_reversed[..., 0]]),
+        torch.stack([trans, trans.T]),
+        torch.stack([emit, emit_reversed]),
+        chunk_size,
+    )
+    alpha, v = scans[0], _reverse_each(scans[1], lengths)
+    log_lik, predicted, normalizers = _sequence_log_likelihood(
+        alpha, start, trans, emit, peak, valid
+    )
+    # beta_t = A v_{t+1}, and beta = 1 at each sequence's last step
+    last = torch.arange(n_steps, device=lengths.device) == (lengths - 1).unsqueeze(1)
+    beta = (trans @ v.reshape(n_states, -1)).view_as(v)
+    beta = torch.cat([beta[..., 1:], torch.ones_like(beta[..., :1])], dim=-1)
+    beta = torch.where(last, 1.0, beta)
+    gamma = alpha * beta
+    overlap = gamma.sum(0)  # (B, T)
+    gamma = torch.where(valid, gamma / overlap, 0.0)
+    # xi_t(i, j) = alpha_{t-1}(i) A(i, j) v_t(j) / sum_ij(...), whatever the scaling of alpha, v
+    pair_norm = (predicted * v[..., 1:]).sum(0)  # (B, T-1)
+    pair_weight = torch.where(valid[:, 1:], 1.0 / pair_norm, 0.0)
+    before = alpha[..., :-1]
+    after = v[..., 1:] * pair_weight
+
+    threshold = underflow_threshold(n_states, log_emit.dtype)
+    redo = (
+        suspect.any(0)
+        | _any_below(normalizers, valid, threshold)
+        | _any_below(overlap, valid, threshold)
+        | _any_below(pair_norm, valid[:, 1:], threshold)
+    )
+    if not bool(redo.any()):
+        pairs = before.reshape(n_states, -1) @ after.reshape(n_states, -1).T
+        return Expectations(gamma, trans * pairs, log_lik)
+    # Exact log-space recomputation of the flagged sequences (rare: extreme float32 data).
+    exact = log_space_expectations(
+        log_start, log_trans, _batch_major(log_emit[:, redo]), lengths[redo], chunk_size
+    )
+    keep = ~redo.unsqueeze(-1)
+    pairs = (torch.where(keep, before, 0.0).reshape(n_states, -1)
+             @ torch.where(keep, after, 0.0).reshape(n_states, -1).T)
+    gamma, log_lik = gamma.clone(), log_lik.clone()
+    gamma[:, redo] = exact.posteriors.permute(2, 0, 1)
+    log_lik[redo] = exact.log_likelihood
+    return Expectations(gamma, trans * pairs + exact.transitions, log_lik)
+
+
+#: Time steps per block when the log-space transition counts are summed (bounds the memory of
+#: the (B, steps, S, S) intermediate).
+_LOG_SPACE_BLOCK_STEPS = 4096
+
+
+def log_space_expectations(log_start, log_trans, log_emit, lengths, chunk_size=None):
+    """`forward_backward` computed entirely in log space, batch-major like the other log-space
+    functions: log_emit (B, T, S) in, posteriors (B, T, S) out. Slower, immune to underflow."""
+    alpha, log_lik = forward(log_start, log_trans, log_emit, lengths, "log", chunk_size)
+    beta = backward(log_trans, log_emit, lengths, "log", chunk_size)
+    valid = valid_mask(lengths, log_emit.shape[1])
+    gamma = torch.where(
+        valid.unsqueeze(-1), torch.exp(alpha + beta - log_lik[:, None, None]), 0.0
+    )
+    n_states = log_emit.shape[-1]
+    log_counts = [torch.full((n_states, n_states), -math.inf, dtype=alpha.dtype,
+                             device=alpha.device)]
+    ahead = beta + log_emit - log_lik[:, None, None]  # log b_t(j) beta_t(j) / p(x)
+    for start in range(1, log_emit.shape[1], _LOG_SPACE_BLOCK_STEPS):
+        stop = min(start + _LOG_SPACE_BLOCK_STEPS, log_emit.shape[1])
+        pair = (alpha[:, start - 1 : stop - 1].unsqueeze(-1) + log_trans
+                + ahead[:, start:stop].unsqueeze(-2))  # (B, steps, S, S)
+        pair = pair.masked_fill(~valid[:, start:stop, None, None], -math.inf)
+        log_counts.append(torch.logsumexp(pair.flatten(0, 1), dim=0))
+    transitions = torch.logsumexp(torch.stack(log_counts), dim=0).exp()
+    return Expectations(gamma, transitions, log_lik)
