@@ -105,3 +105,24 @@ def test_one_million_steps_is_finite_in_float32():
     _, fast = inference.forward(log_start.float(), log_trans.float(), prefix.float(),
                                 torch.tensor([2000]))
     assert float(fast) == pytest.approx(float(exact), rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 16, 1000])
+def test_scaled_forward_backward_equals_log_space(chunk_size):
+    """The probability-space E step (any chunking) against the log-space one, on a padded
+    batch; the two share no recursion code."""
+    rng = np.random.default_rng(5)
+    lengths = torch.tensor([300, 1, 57, 299, 2])
+    log_start, log_trans, log_emit = random_model(rng, 4, len(lengths), 300)
+    exact = inference.log_space_expectations(log_start, log_trans, log_emit, lengths, 7)
+    fast = inference.forward_backward(
+        log_start, log_trans, log_emit.permute(2, 0, 1), lengths, chunk_size
+    )
+    np.testing.assert_allclose(fast.log_likelihood, exact.log_likelihood, rtol=1e-12)
+    np.testing.assert_allclose(fast.posteriors.permute(1, 2, 0), exact.posteriors, atol=1e-12)
+    np.testing.assert_allclose(fast.transitions, exact.transitions, rtol=1e-10)
+    assert float(fast.transitions.sum()) == pytest.approx(float((lengths - 1).sum()), rel=1e-12)
+    scores = inference.log_likelihood(
+        log_start, log_trans, log_emit.permute(2, 0, 1), lengths, chunk_size
+    )
+    np.testing.assert_allclose(scores, exact.log_likelihood, rtol=1e-12)

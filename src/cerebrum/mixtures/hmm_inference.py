@@ -370,7 +370,7 @@ def _sequence_log_likelihood(alpha, start, trans, emit, peak, valid):
     """log p(x) (B,) from normalised forward variables alpha (S, B, T): the sum of the logs of
     the per-step normalisers p(x_t | x_<t) (the scaling method's identity). Also returns the
     one-step predictions p(z_t | x_<t) (S, B, T-1) and the normalisers (B, T)."""
-    n_states, batch, n_steps = alpha.shape
+    n_states = alpha.shape[0]
     first = start.unsqueeze(1) * emit[..., 0]  # (S, B)
     predicted = (trans.T @ alpha.reshape(n_states, -1)).view_as(alpha)[..., :-1]
     normalizers = torch.cat(
@@ -419,7 +419,7 @@ def forward_backward(log_start, log_trans, log_emit, lengths, chunk_size=None) -
     Scaled probability-space recursions (GEMMs), the forward and the backward pass run as one
     batch; sequences where underflow may have cost accuracy are recomputed in log space.
     """
-    n_states, batch, n_steps = log_emit.shape
+    n_states, _, n_steps = log_emit.shape
     valid = valid_mask(lengths, n_steps)
     emit, peak = _scaled_emissions(log_emit, valid)
     start, trans = log_start.exp(), log_trans.exp()
