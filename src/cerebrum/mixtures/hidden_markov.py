@@ -588,7 +588,7 @@ class HiddenMarkov(nn.Module):
         if "m" in init_params:
             seed_means = seed.means.detach().repeat_interleave(M, 0)  # (K, D)
             if M > 1:
-                seed_prec = _expand_seed_precision(seed, seed_type).repeat_interleave(M, 0)
+                seed_prec = _seed_precision(seed).repeat_interleave(M, 0)
                 offsets = torch.randn(
                     seed_means.shape, generator=generator, dtype=seed_means.dtype,
                     device=seed_means.device,
@@ -598,7 +598,7 @@ class HiddenMarkov(nn.Module):
                 seed_means = seed_means + SPLIT_SCALE * spread
             means = seed_means
         if "c" in init_params:
-            prec = _expand_seed_precision(seed, seed_type)
+            prec = _seed_precision(seed)
             prec_chol = prec.repeat_interleave(M, 0)
         return HMMParams(log_start, log_trans, GaussianParams(log_weights, means, prec_chol))
 
@@ -802,7 +802,8 @@ def _emission_m_step(previous: GaussianParams, stats: GaussianStats, n_states, n
     return GaussianParams(log_weights, means, torch.where(keep, prec_chol, updated_prec))
 
 
-def _expand_seed_precision(seed: GaussianMixture, seed_type: str) -> torch.Tensor:
+def _seed_precision(seed: GaussianMixture) -> torch.Tensor:
+    """The seed mixture's precision factors, one per state (S, ...), detached."""
     with torch.no_grad():
         return seed._precision_cholesky().detach().clone()
 
