@@ -3,8 +3,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from cerebrum import ConvergenceWarning
+
+# Property tests draw the same examples on every run (CI must not depend on luck); run with
+# --hypothesis-profile=explore locally to search new examples.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -643,7 +643,9 @@ class HiddenMarkov(nn.Module):
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(log_likelihood=f"{log_lik:.6g}")
-            if len(history) >= 2 and history[-1] - history[-2] < tol:
+            # |change| rather than hmmlearn's signed change: a rounding-level dip must not stop
+            # a tol=0 run early (it always runs max_iter iterations); a real drop warns above.
+            if len(history) >= 2 and abs(history[-1] - history[-2]) < tol:
                 return FitResult(params, True, n_iter, history)
         return FitResult(params, False, max_iter, history)
 
