@@ -150,3 +150,30 @@ def make_generator(random_state, device: torch.device | str) -> torch.Generator:
             f"{type(random_state).__name__}"
         )
     return generator
+
+
+def check_positive_definite(matrices: torch.Tensor, *, name) -> None:
+    """Raise ValueError unless every (D, D) matrix of `matrices` (n, D, D) is symmetric (to 1e-8
+    relative) and positive definite. `name(index)` names matrix `index` in the message."""
+    scale = matrices.abs().amax(dim=(1, 2)).clamp_min(1e-300)
+    asymmetry = (matrices - matrices.mT).abs().amax(dim=(1, 2)) / scale
+    _, info = torch.linalg.cholesky_ex(matrices)
+    for index in range(matrices.shape[0]):
+        if float(asymmetry[index]) > 1e-8:
+            raise ValueError(f"{name(index)} is not symmetric")
+        if int(info[index]) != 0:
+            raise ValueError(f"{name(index)} is not positive definite")
+
+
+def check_fit_settings(method, init, max_iter, n_init, tol, reg_covar, lr, *, methods, inits):
+    """The settings every classical `fit` shares, validated and converted."""
+    method = check_choice(method, methods, name="method")
+    init = check_choice(init, inits, name="init")
+    max_iter = check_positive_int(max_iter, name="max_iter")
+    n_init = check_positive_int(n_init, name="n_init")
+    tol = check_nonnegative_float(tol, name="tol")
+    reg_covar = check_nonnegative_float(reg_covar, name="reg_covar")
+    lr = check_nonnegative_float(lr, name="lr")
+    if lr == 0 and method == "gradient":
+        raise ValueError("lr must be > 0 for method='gradient', got 0")
+    return method, init, max_iter, n_init, tol, reg_covar, lr

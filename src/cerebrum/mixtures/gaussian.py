@@ -36,8 +36,9 @@ from cerebrum.mixtures._validation import (
     COVARIANCE_TYPES,
     check_choice,
     check_finite,
+    check_fit_settings,
     check_fitted,
-    check_nonnegative_float,
+    check_positive_definite,
     check_positive_int,
     check_samples,
     make_generator,
@@ -353,15 +354,10 @@ class GaussianMixture(nn.Module):
 
         A failed fit raises and leaves the previous parameters untouched.
         """
-        method = check_choice(method, FIT_METHODS, name="method")
-        init = check_choice(init, INIT_METHODS, name="init")
-        max_iter = check_positive_int(max_iter, name="max_iter")
-        n_init = check_positive_int(n_init, name="n_init")
-        tol = check_nonnegative_float(tol, name="tol")
-        reg_covar = check_nonnegative_float(reg_covar, name="reg_covar")
-        lr = check_nonnegative_float(lr, name="lr")
-        if lr == 0 and method == "gradient":
-            raise ValueError("lr must be > 0 for method='gradient', got 0")
+        method, init, max_iter, n_init, tol, reg_covar, lr = check_fit_settings(
+            method, init, max_iter, n_init, tol, reg_covar, lr,
+            methods=FIT_METHODS, inits=INIT_METHODS,
+        )
         n_steps = max_iter if epochs is None else check_positive_int(epochs, name="epochs")
 
         source = SampleSource(
@@ -568,13 +564,8 @@ def _check_params(weights, means, covariances, covariance_type):
             )
         return weights, means, covariances
     matrices = covariances.reshape(-1, n_features, n_features)
-    scale = matrices.abs().amax(dim=(1, 2)).clamp_min(1e-300)
-    asymmetry = (matrices - matrices.mT).abs().amax(dim=(1, 2)) / scale
-    _, info = torch.linalg.cholesky_ex(matrices)
-    for index in range(matrices.shape[0]):
-        where = "covariances" if covariance_type == "tied" else f"covariances[{index}]"
-        if float(asymmetry[index]) > 1e-8:
-            raise ValueError(f"{where} is not symmetric")
-        if int(info[index]) != 0:
-            raise ValueError(f"{where} is not positive definite")
+    check_positive_definite(
+        matrices,
+        name=lambda i: "covariances" if covariance_type == "tied" else f"covariances[{i}]",
+    )
     return weights, means, covariances

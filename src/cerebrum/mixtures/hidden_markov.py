@@ -47,8 +47,9 @@ from cerebrum.mixtures._validation import (
     COVARIANCE_TYPES,
     check_choice,
     check_finite,
+    check_fit_settings,
     check_fitted,
-    check_nonnegative_float,
+    check_positive_definite,
     check_positive_int,
     make_generator,
     to_numeric_tensor,
@@ -498,15 +499,10 @@ class HiddenMarkov(nn.Module):
 
         A failed fit raises and leaves the previous parameters untouched.
         """
-        method = check_choice(method, FIT_METHODS, name="method")
-        init = check_choice(init, INIT_METHODS, name="init")
-        max_iter = check_positive_int(max_iter, name="max_iter")
-        n_init = check_positive_int(n_init, name="n_init")
-        tol = check_nonnegative_float(tol, name="tol")
-        reg_covar = check_nonnegative_float(reg_covar, name="reg_covar")
-        lr = check_nonnegative_float(lr, name="lr")
-        if lr == 0 and method == "gradient":
-            raise ValueError("lr must be > 0 for method='gradient', got 0")
+        method, init, max_iter, n_init, tol, reg_covar, lr = check_fit_settings(
+            method, init, max_iter, n_init, tol, reg_covar, lr,
+            methods=FIT_METHODS, inits=INIT_METHODS,
+        )
         params = _check_letters(params, "params")
         init_params = _check_letters(init_params, "init_params")
 
@@ -872,13 +868,5 @@ def _check_covariances(value, covariance_type, S, M, D) -> torch.Tensor:
                 f"covariances must be positive, got a minimum of {float(tensor.min()):.6g}"
             )
         return tensor
-    matrices = tensor.reshape(-1, D, D)
-    scale = matrices.abs().amax(dim=(1, 2)).clamp_min(1e-300)
-    asymmetric = (matrices - matrices.mT).abs().amax(dim=(1, 2)) / scale > 1e-8
-    _, info = torch.linalg.cholesky_ex(matrices)
-    for index in range(matrices.shape[0]):
-        if bool(asymmetric[index]):
-            raise ValueError(f"covariances matrix {index} is not symmetric")
-        if int(info[index]) != 0:
-            raise ValueError(f"covariances matrix {index} is not positive definite")
+    check_positive_definite(tensor.reshape(-1, D, D), name=lambda i: f"covariances matrix {i}")
     return tensor
