@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cerebrum import ConvergenceWarning, HiddenMarkov, NotFittedError
+from cerebrum.mixtures import _hmm_compiled as compiled
+from cerebrum.mixtures import hmm_inference as inference
 
 hmmlearn = pytest.importorskip("hmmlearn.hmm")
 
@@ -53,6 +55,15 @@ def reference_model(params, covariance_type, letters, n_iter=10):
     return ref
 
 
+@pytest.fixture(params=["compiled", "pytorch"])
+def backend(request, monkeypatch):
+    """Run a test with the compiled CPU recursions and again with the PyTorch ones."""
+    if request.param == "compiled" and not compiled.ENABLED:
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(compiled, "ENABLED", request.param == "compiled")
+    return request.param
+
+
 @pytest.fixture
 def sequences():
     rng = np.random.default_rng(7)
@@ -68,7 +79,7 @@ def sequences():
     ("n_mix", "letters"), [(1, "stmc"), (2, "stmw"), (2, "stcw")]
 )
 @pytest.mark.parametrize("covariance_type", ["diag", "full"])
-def test_em_matches_hmmlearn_per_iteration(sequences, covariance_type, n_mix, letters):
+def test_em_matches_hmmlearn_per_iteration(backend, sequences, covariance_type, n_mix, letters):
     X, lengths = sequences
     params = random_params(np.random.default_rng(1), 3, n_mix, 3, covariance_type)
     ref = reference_model(params, covariance_type, letters)
@@ -157,7 +168,7 @@ def brute_force(model, x):
     return log_lik, gamma, np.array(best), scores[best]
 
 
-def test_padded_batch_matches_enumeration():
+def test_padded_batch_matches_enumeration(backend):
     rng = np.random.default_rng(3)
     params = random_params(rng, 3, 2, 2, "diag", spread=1.0)
     model = HiddenMarkov.from_params(*params, covariance_type="diag", dtype=torch.float64)
@@ -199,7 +210,7 @@ def test_input_forms_agree():
     assert model.log_likelihoods(X[0]).shape == (1,)
 
 
-def test_padded_batch_equals_one_by_one_and_posteriors_sum_to_one():
+def test_padded_batch_equals_one_by_one_and_posteriors_sum_to_one(backend):
     model = fitted_model(torch.float32)
     rng = np.random.default_rng(4)
     seqs = [rng.normal(size=(n, 2)).astype(np.float32) * 3 for n in (300, 7, 1, 120)]
@@ -309,7 +320,7 @@ def test_convergence_warning_when_max_iter_is_reached():
         HiddenMarkov(3, 2).fit(X, max_iter=1, random_state=0)
 
 
-def test_underflow_fallback_in_float32_matches_float64():
+def test_underflow_fallback_in_float32_matches_float64(backend):
     """Emissions hundreds of nats apart push the scaled recursions below float32's range; the
     affected sequences are recomputed in log space and must agree with float64."""
     params = random_params(np.random.default_rng(11), 3, 1, 4, "diag", spread=30.0)
@@ -321,6 +332,23 @@ def test_underflow_fallback_in_float32_matches_float64():
                                model64.log_likelihoods(X, [200, 100]), rtol=1e-5)
     np.testing.assert_allclose(model32.predict_proba(X, [200, 100]),
                                model64.predict_proba(X, [200, 100]), atol=1e-4)
+
+
+def test_steps_beyond_float64_scaling_fall_back_to_log_space(backend):
+    """A state that cannot leave itself and a frame 1000 nats more likely elsewhere: the scaled
+    recursions (compiled or not) cannot represent the step, the exact log-space pass must."""
+    model = HiddenMarkov.from_params(
+        [1.0, 0.0], [[1.0, 0.0], [0.5, 0.5]], [[1.0], [1.0]], [[[0.0]], [[45.0]]],
+        [[[1.0]], [[1.0]]], covariance_type="diag", dtype=torch.float64,
+    )
+    X = np.array([[0.0], [45.0], [0.0], [0.0], [45.0], [0.0]])
+    with torch.no_grad():
+        batch, params, log_b = model._emissions_of(X, [3, 3])
+    _, expected = inference.forward(
+        params.log_start, params.log_trans, batch.pad(log_b).permute(1, 2, 0), batch.lengths)
+    np.testing.assert_allclose(model.log_likelihoods(X, [3, 3]), expected.numpy(), rtol=1e-12)
+    assert np.isfinite(model.log_likelihoods(X, [3, 3])).all()
+    np.testing.assert_allclose(model.predict_proba(X, [3, 3])[:, 0], 1.0)
 
 
 # ---------------------------------------------------------------------------- bad input

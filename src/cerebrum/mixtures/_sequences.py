@@ -41,6 +41,11 @@ class SequenceBatch:
             self._positions = offsets[owner] + frame - starts[owner]
 
     @property
+    def first_frames(self) -> torch.Tensor:
+        """Index (B,) of each sequence's first frame in X."""
+        return torch.cumsum(self.lengths, 0) - self.lengths
+
+    @property
     def n_frames(self) -> int:
         return self.X.shape[0]
 

@@ -2,8 +2,9 @@
 
 Each of S hidden states emits from its own mixture of M Gaussians (hmmlearn's GMMHMM; M = 1 is
 its GaussianHMM). Everything is batched over sequences of unequal length (padded and masked) and
-parallel in time (`hmm_inference`); the Gaussian algebra and the emission statistics are
-GaussianMixture's (`gaussian_math`, `_gaussian_em`), applied to the S * M components laid flat.
+parallel in time (`hmm_inference`), or, for CPU tensors without gradient, run by compiled loops
+(`_hmm_compiled`); the Gaussian algebra and the emission statistics are GaussianMixture's
+(`gaussian_math`, `_gaussian_em`), applied to the S * M components laid flat.
 
 Shapes: B sequences, T steps, N frames in total, S states (`n_components`), M mixture components
 per state (`n_mix`), D features, K = S * M.
@@ -30,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cerebrum.exceptions import ConvergenceWarning
+from cerebrum.mixtures import _hmm_compiled as compiled
 from cerebrum.mixtures import hmm_inference as inference
 from cerebrum.mixtures._data import Chunk
 from cerebrum.mixtures._gaussian_em import (
@@ -82,6 +84,46 @@ class HMMParams(NamedTuple):
     log_start: torch.Tensor
     log_trans: torch.Tensor
     emission: GaussianParams
+
+
+def _frame_expectations(params: HMMParams, log_b, batch: SequenceBatch):
+    """Forward-backward on state-major log_b (S, N): `Expectations` with per-frame posteriors
+    (S, N). Compiled loops on CPU; the chunk-parallel PyTorch recursions otherwise, and for
+    any batch in which the compiled pass met a step too small for its float64 scaling."""
+    if compiled.usable(log_b, params.log_trans):
+        gamma, counts, log_lik, ok = compiled.forward_backward(
+            params.log_start, params.log_trans, log_b, batch.lengths
+        )
+        if bool(ok.all()):
+            return inference.Expectations(gamma, counts, log_lik)
+    result = inference.forward_backward(
+        params.log_start, params.log_trans, batch.pad(log_b), batch.lengths
+    )
+    return result._replace(posteriors=batch.unpad(result.posteriors))
+
+
+def _sequence_log_likelihoods(params: HMMParams, log_b, batch: SequenceBatch):
+    """log p(x) (B,) from state-major log_b (S, N), by the same dispatch as above."""
+    if compiled.usable(log_b, params.log_trans):
+        log_lik, ok = compiled.log_likelihood(
+            params.log_start, params.log_trans, log_b, batch.lengths
+        )
+        if bool(ok.all()):
+            return log_lik
+    return inference.log_likelihood(
+        params.log_start, params.log_trans, batch.pad(log_b), batch.lengths
+    )
+
+
+def _viterbi_paths(params: HMMParams, log_b, batch: SequenceBatch):
+    """Best state of every frame (N,) and each sequence's best-path log-probability (B,).
+    Viterbi works in log space throughout, so the compiled kernel needs no fallback."""
+    if compiled.usable(log_b, params.log_trans):
+        return compiled.viterbi(params.log_start, params.log_trans, log_b, batch.lengths)
+    paths, best = inference.viterbi(
+        params.log_start, params.log_trans, batch.pad(log_b).permute(1, 2, 0), batch.lengths
+    )
+    return batch.unpad(paths), best
 
 
 @dataclass
@@ -330,10 +372,7 @@ class HiddenMarkov(nn.Module):
         """log p(x) of each sequence, (B,) NumPy."""
         with torch.no_grad():
             batch, params, log_b = self._emissions_of(X, lengths)
-            log_lik = inference.log_likelihood(
-                params.log_start, params.log_trans, batch.pad(log_b), batch.lengths
-            )
-        return log_lik.cpu().numpy()
+            return _sequence_log_likelihoods(params, log_b, batch).cpu().numpy()
 
     def score(self, X, lengths=None) -> float:
         """Total log-likelihood: the sum over sequences of log p(x) (hmmlearn's `score`)."""
@@ -343,21 +382,15 @@ class HiddenMarkov(nn.Module):
         """State posteriors p(z_t = j | x) for every frame, (N, S) NumPy (forward-backward)."""
         with torch.no_grad():
             batch, params, log_b = self._emissions_of(X, lengths)
-            result = inference.forward_backward(
-                params.log_start, params.log_trans, batch.pad(log_b), batch.lengths
-            )
-            return batch.unpad(result.posteriors).T.cpu().numpy()
+            return _frame_expectations(params, log_b, batch).posteriors.T.cpu().numpy()
 
     def decode(self, X, lengths=None) -> tuple[float, np.ndarray]:
         """Viterbi: (log-probability of the best state paths summed over sequences, the states
         (N,) int64 NumPy aligned with the frames)."""
         with torch.no_grad():
             batch, params, log_b = self._emissions_of(X, lengths)
-            paths, best = inference.viterbi(
-                params.log_start, params.log_trans, batch.pad(log_b).permute(1, 2, 0),
-                batch.lengths,
-            )
-            return float(best.sum()), batch.unpad(paths).cpu().numpy()
+            states, best = _viterbi_paths(params, log_b, batch)
+            return float(best.sum()), states.cpu().numpy()
 
     def predict(self, X, lengths=None) -> np.ndarray:
         """The most probable state path (Viterbi), (N,) int64 NumPy."""
@@ -604,10 +637,8 @@ class HiddenMarkov(nn.Module):
         """One E step: emission statistics, start and transition counts, total log-likelihood."""
         S, M = self.n_components, self.n_mix
         log_b, within = self._state_log_prob(centred.X, params.emission)
-        result = inference.forward_backward(
-            params.log_start, params.log_trans, batch.pad(log_b), batch.lengths
-        )
-        gamma = batch.unpad(result.posteriors)  # (S, N)
+        result = _frame_expectations(params, log_b, batch)
+        gamma = result.posteriors  # (S, N)
         reference = params.emission if self._flat_type == "full" else None
         stats = None
         start = 0
@@ -619,7 +650,7 @@ class HiddenMarkov(nn.Module):
             part = chunk_statistics(block, self._flat_type, params=reference, resp=resp)
             stats = part if stats is None else stats + part
             start = stop
-        start_counts = result.posteriors[:, :, 0].sum(1)
+        start_counts = gamma[:, batch.first_frames].sum(1)
         return stats, start_counts, result.transitions, float(result.log_likelihood.sum())
 
     def _run_em(self, batch, centred, params, max_iter, tol, reg_covar, letters, progress):
