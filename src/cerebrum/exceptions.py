@@ -11,3 +11,7 @@ class NotFittedError(ValueError, AttributeError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative fit stopped at its iteration limit before meeting its tolerance."""
+
+
+class CerebrumFileError(ValueError):
+    """A file is not a readable Cerebrum file (truncated, empty, foreign or a pickle)."""

@@ -1,0 +1,13 @@
+"""Managers, the family registry and persistence (seeds 000 and 001).
+
+`MM` wraps one model type and its fits, `MMMan` holds many models under ids, `Cerebrum` (and
+`MMM`, seed 001's name for it) holds models of any registered family, fits, scores, classifies,
+saves, loads and merges them. `registry` lists the families; `persistence` is the safe
+single-file format.
+"""
+
+from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
+from cerebrum.brain.cerebrum import MMM, Cerebrum
+from cerebrum.brain.managers import MM, MMMan
+
+__all__ = ["MM", "MMM", "Cerebrum", "MMMan"]

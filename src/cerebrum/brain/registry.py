@@ -1,0 +1,141 @@
+"""The family registry: how Cerebrum builds, fits, scores and stores each kind of model.
+
+A family is registered once under a name (`"gmm"`, `"hmm"`, later `"mmm"`, `"gpt"`, ...) as a
+`Family`: its model class, a config dataclass that holds what is needed to rebuild the model
+(the architecture, never the data), a builder, a fit routine, the names of the fitted
+attributes saved with it, and the verbs the managers call. Cerebrum, the persistence layer and
+the CLI only ever go through this table, so a new family plugs in without touching them.
+
+Fit settings (max_iter, tol, epochs, ...) are not part of the config: they are keyword
+arguments of the family's fit routine, checked by name against its signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to handle one kind of model.
+
+    Attributes:
+        name: the `model_type` users pass ("gmm").
+        model_class: instances of this class belong to the family.
+        config_class: a dataclass; `config_class(**fields)` must validate and raise ValueError.
+        build: config -> a new, unfitted model.
+        config_of: model -> its config (to store or copy a model built elsewhere).
+        fit: (model, data, **fit_kwargs) -> None, fitting in place.
+        summary_attributes: fitted attributes (plain Python values) stored with the model.
+        sequence_log_likelihoods: (model, X (N, D), lengths (B,)) -> (B,) NumPy log p of each
+            sequence, in nats; what `classify` compares across families. A family documents
+            what the number is (exact, or a bound).
+        log_likelihoods: (model, X, **kw) -> NumPy, the family's per-sample or per-sequence
+            log-likelihoods (the managers' `get_log_likelihoods`).
+        infer_config: (data, given fields) -> fields completed from the data (n_features, ...).
+        managed: True for families that Cerebrum keeps inside an MMMan (seed 000: "for gmm/hmm,
+            uses a transient MMMan ... and registers that manager under model_id").
+        description: one line for `cerebrum info` and error messages.
+    """
+
+    name: str
+    model_class: type[nn.Module]
+    config_class: type
+    build: Callable[[Any], nn.Module]
+    config_of: Callable[[nn.Module], Any]
+    fit: Callable[..., None]
+    sequence_log_likelihoods: Callable[[nn.Module, Any, Any], np.ndarray]
+    log_likelihoods: Callable[..., np.ndarray]
+    infer_config: Callable[[Any, dict], dict]
+    managed: bool = False
+    summary_attributes: tuple[str, ...] = ()
+    description: str = ""
+    fit_parameters: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self):
+        names = tuple(
+            name for name, p in inspect.signature(self.fit).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        )[2:]  # after (model, data)
+        object.__setattr__(self, "fit_parameters", names)
+
+    @property
+    def config_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.config_class))
+
+    def split_arguments(self, data, arguments: dict) -> tuple[Any, dict]:
+        """Split `fit_and_add` keywords into (config, fit keywords); unknown names are an error
+        that lists the accepted ones."""
+        config_names, fit_names = set(self.config_fields), set(self.fit_parameters)
+        unknown = sorted(set(arguments) - config_names - fit_names)
+        if unknown:
+            raise TypeError(
+                f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+                f"model_type={self.name!r}; model arguments: {', '.join(self.config_fields)}; "
+                f"fit arguments: {', '.join(self.fit_parameters)}"
+            )
+        config_fields = {k: v for k, v in arguments.items() if k in config_names}
+        fit_kwargs = {k: v for k, v in arguments.items() if k in fit_names}
+        return self.make_config(self.infer_config(data, config_fields)), fit_kwargs
+
+    def make_config(self, fields: dict):
+        """The config from a mapping (a JSON object from a file, or keywords)."""
+        unknown = sorted(set(fields) - set(self.config_fields))
+        if unknown:
+            raise ValueError(
+                f"unknown config field(s) {', '.join(unknown)} for family {self.name!r}; "
+                f"expected {', '.join(self.config_fields)}"
+            )
+        try:
+            return self.config_class(**fields)
+        except TypeError as err:  # a required field is missing
+            raise TypeError(f"model_type={self.name!r}: {err}") from None
+
+    def summary(self, model: nn.Module) -> dict:
+        return {name: getattr(model, name, None) for name in self.summary_attributes}
+
+    def restore_summary(self, model: nn.Module, summary: dict) -> None:
+        for name in self.summary_attributes:
+            if name in summary:
+                setattr(model, name, summary[name])
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family, *, replace: bool = False) -> Family:
+    """Add a family to the registry (`replace=True` to redefine an existing name)."""
+    if not isinstance(family, Family):
+        raise TypeError(f"family must be a Family, got {type(family).__name__}")
+    if family.name in _FAMILIES and not replace:
+        raise ValueError(f"a family named {family.name!r} is already registered")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def names() -> list[str]:
+    """The registered family names, in registration order."""
+    return list(_FAMILIES)
+
+
+def get(name: str) -> Family:
+    """The family registered as `name`; an unknown name lists the registered ones."""
+    if not isinstance(name, str) or name not in _FAMILIES:
+        raise ValueError(
+            f"unknown model_type {name!r}; registered families: {', '.join(_FAMILIES)}"
+        )
+    return _FAMILIES[name]
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The family of `model`: the one whose model class is nearest in its class hierarchy."""
+    mro = type(model).__mro__
+    matches = [f for f in _FAMILIES.values() if f.model_class in mro]
+    return min(matches, key=lambda f: mro.index(f.model_class)) if matches else None
