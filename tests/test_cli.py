@@ -62,3 +62,85 @@ def test_output_piped_into_head_exits_quietly():
     result = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
     assert result.stdout.startswith("Cerebrum demo")
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------- brain verbs
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.save("a.npy", rng.normal(size=(200, 2)))
+    np.save("b.npy", rng.normal(size=(200, 2)) + 5)
+    with open("seqs.csv", "w") as out:
+        out.write("speaker,x,y\n")
+        for seq in range(4):
+            for _ in range(30):
+                x, y = rng.normal(size=2) + (5 if seq % 2 else 0)
+                out.write(f"{seq},{x},{y}\n")
+    return tmp_path
+
+
+@pytest.mark.filterwarnings("ignore::cerebrum.ConvergenceWarning")
+def test_brain_verbs_end_to_end(workdir, capsys):
+    import numpy as np
+
+    from cerebrum import Cerebrum
+
+    assert cli.main(["fit", "gmm", "a.npy", "-k", "1", "--id", "A", "-o", "b.cbm",
+                     "--seed", "0"]) == 0
+    assert cli.main(["fit", "gmm", "b.npy", "-k", "1", "--id", "B", "-o", "b.cbm",
+                     "--seed", "0", "--covariance", "full"]) == 0
+    assert cli.main(["fit", "hmm", "seqs.csv", "--sequence-column", "speaker", "-k", "2",
+                     "--id", "H", "-o", "b.cbm", "--seed", "0", "--max-iter", "3"]) == 0
+    capsys.readouterr()
+    brain = Cerebrum.load("b.cbm")
+    assert brain.check_data() == {"A": {"A": "gmm"}, "B": {"B": "gmm"}, "H": {"H": "hmm"}}
+
+    assert cli.main(["info", "b.cbm"]) == 0
+    info = capsys.readouterr().out.splitlines()
+    assert info[0].split() == ["id", "family", "sizes", "parameters", "fit"]
+    # K=1, D=2, diag: 2 means + 2 variances
+    assert info[1].startswith("A ") and "n_components=1" in info[1] and " 4 " in info[1]
+    assert info[3].startswith("H ") and "hmm" in info[3]
+
+    assert cli.main(["score", "b.cbm", "b.npy", "--id", "A", "--id", "B"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    X = np.load("b.npy")
+    assert float(rows[1][1]) == pytest.approx(brain.score("B", X) * len(X), rel=1e-5)
+
+    assert cli.main(["classify", "b.cbm", "b.npy", "--id", "A", "--id", "B"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 201 and all(line.split()[1] == "B" for line in lines[1:])
+
+    assert cli.main(["sample", "b.cbm", "--id", "H", "-n", "7", "--sequences", "2",
+                     "-o", "s.npz", "--seed", "1"]) == 0
+    with np.load("s.npz") as drawn:
+        assert drawn["X"].shape == (2, 7, 2) and drawn["labels"].shape == (2, 7)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["info", "missing.cbm"], "no such file: missing.cbm"),
+    (["fit", "gmm", "a.npy", "-k", "0", "-o", "x.cbm"], "n_components must be >= 1, got 0"),
+    (["fit", "hmm", "a.npy", "-k", "2", "--lengths", "150,10", "-o", "x.cbm"],
+     "lengths sum to 160"),
+    (["score", "a.npy", "a.npy"], "a.npy is not a Cerebrum file"),
+    (["fit", "hmm", "seqs.csv", "--sequence-column", "who", "-k", "2", "-o", "x.cbm"],
+     "no column named 'who'; columns: speaker, x, y"),
+])
+def test_brain_verb_errors_are_one_line(workdir, capsys, argv, message):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not (workdir / "x.cbm").exists()
+
+
+@pytest.mark.parametrize("verb", ["fit", "score", "classify", "info", "sample", "demo"])
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([verb, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: cerebrum {verb}" in capsys.readouterr().out

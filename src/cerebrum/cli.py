@@ -31,8 +31,218 @@ def _run_demo(args) -> int:
     return 0
 
 
-#: Verbs in the order `--help` lists them; later issues add fit, score, train, generate, ...
-COMMANDS = [_add_demo]
+# --------------------------------------------------------------------------- brains
+
+_DATA_HELP = ("a .npy, .npz or .csv file of numbers: rows are samples or frames; sequences "
+              "come from a (B, T, D) array, an .npz 'lengths' array, --lengths or "
+              "--sequence-column")
+
+
+def _add_data_arguments(parser) -> None:
+    parser.add_argument("data", metavar="DATA", help=_DATA_HELP)
+    parser.add_argument("--lengths", metavar="N,N,...", type=_int_list,
+                        help="sequence lengths, summing to the number of rows")
+    parser.add_argument("--sequence-column", metavar="NAME|INDEX",
+                        help="a column of sequence ids: each run of equal ids is a sequence")
+    parser.add_argument("--key", help="the array to use in an .npz file (default 'X')")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got "
+                                         f"{text!r}") from None
+
+
+def _load_data(args):
+    from cerebrum.data import load_arrays
+
+    return load_arrays(args.data, key=args.key, sequence_column=args.sequence_column,
+                       lengths=args.lengths)
+
+
+def _load_brain(path):
+    from cerebrum import Cerebrum
+
+    return Cerebrum.load(path)
+
+
+def _add_fit(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fit", help="fit a Gaussian mixture or HMM and add it to a brain file",
+        description="Fit a model on DATA and add it to the brain file given by -o (created "
+        "when missing, rewritten atomically). Prints the new model's id.")
+    parser.add_argument("family", choices=["gmm", "hmm"], help="gmm or hmm")
+    _add_data_arguments(parser)
+    parser.add_argument("-k", "--components", type=int, required=True,
+                        help="mixture components (gmm) or hidden states (hmm)")
+    parser.add_argument("--covariance", default="diag",
+                        choices=["full", "diag", "tied", "spherical"])
+    parser.add_argument("--mix", type=int, default=1, help="Gaussians per state (hmm)")
+    parser.add_argument("--id", dest="model_id", help="the model id (default: generated)")
+    parser.add_argument("--max-iter", type=int, default=100)
+    parser.add_argument("--n-init", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("-o", "--output", required=True, metavar="BRAIN",
+                        help="brain file to add the model to")
+    parser.set_defaults(handler=_run_fit)
+
+
+def _run_fit(args) -> int:
+    from pathlib import Path
+
+    from cerebrum import Cerebrum
+
+    X, lengths = _load_data(args)
+    brain = _load_brain(args.output) if Path(args.output).exists() else Cerebrum()
+    options = {"n_components": args.components, "covariance_type": args.covariance,
+               "max_iter": args.max_iter, "n_init": args.n_init,
+               "random_state": args.seed, "verbose": True}
+    if args.family == "hmm":
+        options.update(n_mix=args.mix, lengths=lengths)
+    elif lengths is not None:
+        print("cerebrum fit: note: a gmm treats the frames of sequences as samples",
+              file=sys.stderr)
+    model_id = brain.fit_and_add(X, args.family, model_id=args.model_id, **options)
+    brain.save(args.output)
+    print(model_id)
+    return 0
+
+
+def _add_score(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score", help="log-likelihood of data under the models of a brain",
+        description="Print each model's log-likelihood of DATA in nats: the total over the "
+        "samples or sequences, and the mean per sample or sequence.")
+    parser.add_argument("brain", metavar="BRAIN")
+    _add_data_arguments(parser)
+    parser.add_argument("--id", dest="model_ids", action="append",
+                        help="a model id (repeatable; default: every model)")
+    parser.set_defaults(handler=_run_score)
+
+
+def _run_score(args) -> int:
+    brain = _load_brain(args.brain)
+    X, lengths = _load_data(args)
+    _, scores, candidates = brain.classify(X, model_ids=args.model_ids, lengths=lengths)
+    unit = "sequence" if lengths is not None else "sample"
+    rows = [(str(c), f"{scores[:, j].sum():.6g}", f"{scores[:, j].mean():.6g}")
+            for j, c in enumerate(candidates)]
+    _print_table(("id", "total log-likelihood", f"mean per {unit}"), rows)
+    return 0
+
+
+def _add_classify(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "classify", help="the most likely model for each sample or sequence",
+        description="For each sample (or sequence), print the id of the model under which "
+        "it is most likely, with its log-likelihood and the runner-up's.")
+    parser.add_argument("brain", metavar="BRAIN")
+    _add_data_arguments(parser)
+    parser.add_argument("--id", dest="model_ids", action="append",
+                        help="a candidate model id (repeatable; default: every model)")
+    parser.set_defaults(handler=_run_classify)
+
+
+def _run_classify(args) -> int:
+    import numpy as np
+
+    brain = _load_brain(args.brain)
+    X, lengths = _load_data(args)
+    labels, scores, candidates = brain.classify(X, model_ids=args.model_ids, lengths=lengths)
+    ordered = np.sort(scores, axis=1)
+    margin = ordered[:, -1] - ordered[:, -2] if len(candidates) > 1 else ordered[:, -1] * 0
+    rows = [(str(n), str(label), f"{ordered[n, -1]:.6g}", f"{margin[n]:.3g}")
+            for n, label in enumerate(labels)]
+    _print_table(("#", "model", "log-likelihood", "margin"), rows)
+    return 0
+
+
+def _add_info(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info", help="list the models in a brain file",
+        description="A table of the models in a brain file: id, family, sizes, free "
+        "parameters and fit summary.")
+    parser.add_argument("brain", metavar="BRAIN")
+    parser.set_defaults(handler=_run_info)
+
+
+def _run_info(args) -> int:
+    from cerebrum.brain.cerebrum import iter_models
+
+    brain = _load_brain(args.brain)
+    rows = []
+    for label, model, family in iter_models(brain):
+        if family is None:
+            rows.append((label, type(model).__name__, "", "", ""))
+            continue
+        config = family.config_of(model)
+        sizes = " ".join(f"{k}={v}" for k, v in vars(config).items())
+        n_parameters = getattr(model, "n_parameters", None)
+        if n_parameters is None:
+            n_parameters = sum(p.numel() for p in model.parameters())
+        summary = family.summary(model)
+        fitted = getattr(model, "is_fitted", True)
+        status = "not fitted" if not fitted else " ".join(
+            f"{k.rstrip('_')}={v}" for k, v in summary.items()
+            if k in ("converged_", "n_iter_") and v is not None) or "fitted"
+        rows.append((label, family.name, sizes, str(n_parameters), status))
+    _print_table(("id", "family", "sizes", "parameters", "fit"), rows)
+    return 0
+
+
+def _add_sample(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sample", help="draw samples from a model of a brain",
+        description="Draw N samples (gmm) or sequences of N steps (hmm) and save them: a .npy "
+        "file gets the observations, an .npz file the observations ('X') and the components "
+        "or states ('labels').")
+    parser.add_argument("brain", metavar="BRAIN")
+    parser.add_argument("--id", dest="model_id", required=True, help="the model id")
+    parser.add_argument("-n", type=int, required=True, help="samples (gmm) or steps (hmm)")
+    parser.add_argument("--sequences", type=int, default=1, help="sequences to draw (hmm)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("-o", "--output", required=True, help="a .npy or .npz file")
+    parser.set_defaults(handler=_run_sample)
+
+
+def _run_sample(args) -> int:
+    import numpy as np
+
+    from cerebrum import HiddenMarkov
+    from cerebrum.brain.cerebrum import iter_models
+
+    if not args.output.endswith((".npy", ".npz")):
+        raise ValueError(f"--output must end in .npy or .npz, got {args.output!r}")
+    brain = _load_brain(args.brain)
+    models = {label: model for label, model, _ in iter_models(brain, [args.model_id])}
+    if len(models) != 1:
+        raise ValueError(f"model {args.model_id!r} holds {len(models)} models: "
+                         f"{', '.join(models)}; sample one of them from Python")
+    (model,) = models.values()
+    if isinstance(model, HiddenMarkov):
+        X, labels = model.sample(args.n, n_sequences=args.sequences, random_state=args.seed)
+    elif hasattr(model, "sample"):
+        X, labels = model.sample(args.n, random_state=args.seed)
+    else:
+        raise ValueError(f"model {args.model_id!r} ({type(model).__name__}) cannot sample")
+    if args.output.endswith(".npz"):
+        np.savez(args.output, X=X, labels=labels)
+    else:
+        np.save(args.output, X)
+    print(f"wrote {X.shape} to {args.output}")
+    return 0
+
+
+def _print_table(header, rows) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+#: Verbs in the order `--help` lists them; later issues add train, generate, ...
+COMMANDS = [_add_fit, _add_score, _add_classify, _add_info, _add_sample, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -162,27 +162,17 @@ class Cerebrum(nn.Module):
     # ------------------------------------------------------------------ classification
 
     def _candidates(self, model_ids):
-        """[(label, model, family)] for classify: single models, and each model of a
-        manager (labelled by the entry id when stored under it, else "entry/data_id")."""
-        model_ids = list(self.models.keys()) if model_ids is None else list(model_ids)
-        if not model_ids:
-            raise ValueError("no models to classify with: the brain is empty"
-                             if not len(self.models) else "model_ids is empty")
-        found = []
-        for model_id in model_ids:
-            entry = self._entry(model_id)
-            if isinstance(entry, ModelStore):
-                for data_id in entry.ids:
-                    label = model_id if data_id == model_id else f"{model_id}/{data_id}"
-                    found.append((label, entry._model(data_id), entry._family(data_id)))
-            else:
-                family = registry.family_of(entry)
-                if family is None:
-                    raise TypeError(f"model {model_id!r} ({type(entry).__name__}) is not of a "
-                                    "registered family, so it cannot be scored")
-                found.append((model_id, entry, family))
+        """[(label, model, family)] of the models classify compares."""
+        if model_ids is not None and not list(model_ids):
+            raise ValueError("model_ids is empty")
+        found = list(iter_models(self, model_ids))
         if not found:
-            raise ValueError("the selected entries hold no models")
+            raise ValueError("no models to classify with: the brain is empty"
+                             if not len(self.models) else "the selected entries hold no models")
+        for label, model, family in found:
+            if family is None:
+                raise TypeError(f"model {label!r} ({type(model).__name__}) is not of a "
+                                "registered family, so it cannot be scored")
         return found
 
     def classify(self, X, model_ids=None, lengths=None):
@@ -283,6 +273,20 @@ class Cerebrum(nn.Module):
             self.models[new_id] = entry
             new_ids.append(new_id)
         return new_ids
+
+
+def iter_models(brain: Cerebrum, model_ids=None):
+    """(label, model, family or None) for every model of the chosen entries: a single model
+    is labelled by its entry id, a manager's models by the entry id when stored under it and
+    "entry/data_id" otherwise."""
+    for model_id in brain.models.keys() if model_ids is None else model_ids:
+        entry = brain._entry(model_id)
+        if isinstance(entry, ModelStore):
+            for data_id in entry.ids:
+                label = model_id if data_id == model_id else f"{model_id}/{data_id}"
+                yield label, entry._model(data_id), entry._family(data_id)
+        else:
+            yield model_id, entry, registry.family_of(entry)
 
 
 def _move_own_model(entry: nn.Module, old_id, new_id) -> None:
