@@ -144,3 +144,15 @@ def test_every_verb_has_help(verb, capsys):
         cli.main([verb, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: cerebrum {verb}" in capsys.readouterr().out
+
+
+def test_demo_identification_beats_chance_and_reports_every_method():
+    rows = demo.identification()
+    names = [row["method"] for row in rows]
+    assert names[0].startswith("Cerebrum HiddenMarkov (S=4)")
+    assert names[-1].startswith("Cerebrum GaussianMixture")
+    assert len(rows) == 4  # hmmlearn is a dev dependency, so it is in the table
+    for row in rows:
+        if row["method"].startswith("Cerebrum"):
+            assert row["accuracy"] > 0.6  # ten classes: chance is 0.1
+    assert "accuracy" in demo.format_identification_table(rows)
