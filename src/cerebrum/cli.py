@@ -110,16 +110,22 @@ def _run_fit(args) -> int:
     return 0
 
 
-def _add_score(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "score", help="log-likelihood of data under the models of a brain",
-        description="Print each model's log-likelihood of DATA in nats: the total over the "
-        "samples or sequences, and the mean per sample or sequence.")
+def _add_brain_data_verb(subparsers, name, handler, help, description) -> None:
+    """A verb that reads BRAIN and DATA and works on some or all of the brain's models."""
+    parser = subparsers.add_parser(name, help=help, description=description)
     parser.add_argument("brain", metavar="BRAIN")
     _add_data_arguments(parser)
     parser.add_argument("--id", dest="model_ids", action="append",
                         help="a model id (repeatable; default: every model)")
-    parser.set_defaults(handler=_run_score)
+    parser.set_defaults(handler=handler)
+
+
+def _add_score(subparsers) -> None:
+    _add_brain_data_verb(
+        subparsers, "score", _run_score,
+        help="log-likelihood of data under the models of a brain",
+        description="Print each model's log-likelihood of DATA in nats: the total over the "
+        "samples or sequences, and the mean per sample or sequence.")
 
 
 def _run_score(args) -> int:
@@ -134,15 +140,11 @@ def _run_score(args) -> int:
 
 
 def _add_classify(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "classify", help="the most likely model for each sample or sequence",
+    _add_brain_data_verb(
+        subparsers, "classify", _run_classify,
+        help="the most likely model for each sample or sequence",
         description="For each sample (or sequence), print the id of the model under which "
-        "it is most likely, with its log-likelihood and the runner-up's.")
-    parser.add_argument("brain", metavar="BRAIN")
-    _add_data_arguments(parser)
-    parser.add_argument("--id", dest="model_ids", action="append",
-                        help="a candidate model id (repeatable; default: every model)")
-    parser.set_defaults(handler=_run_classify)
+        "it is most likely, its log-likelihood, and the margin over the runner-up.")
 
 
 def _run_classify(args) -> int:

@@ -95,8 +95,9 @@ class Cerebrum(nn.Module):
             manager = MMMan()
             manager.fit(data, family.name, data_id=model_id, device=device, **kwargs)
             return self.add_model(manager, model_id)
-        config, fit_kwargs = family.split_arguments(data, kwargs)
-        model = family.build(config, device=device)
+        config, fit_kwargs = family.split_arguments(kwargs)
+        model = family.build(family.make_config(family.infer_config(data, config)),
+                             device=device)
         family.fit(model, data, **fit_kwargs)
         return self.add_model(model, model_id)
 

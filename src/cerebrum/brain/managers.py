@@ -220,28 +220,14 @@ class MMMan(ModelStore):
             if data_id in self:
                 raise ValueError(f"data_id {data_id!r} is already in use; unfit it first or "
                                  "choose another id")
-        wrapper = MM(model_type, data=data, device=device, **_config_part(family, kwargs))
-        fitted_id = wrapper.fit(data, **_fit_part(family, kwargs))
+        config, fit_kwargs = family.split_arguments(kwargs)
+        wrapper = MM(model_type, data=data, device=device, **config)
+        fitted_id = wrapper.fit(data, **fit_kwargs)
         return self._add(wrapper._model(fitted_id), family.name, data_id)
 
     @classmethod
     def from_record(cls, record, tensors, *, source, device=None) -> MMMan:
         return cls()._fill_from_record(record, tensors, source, device)
-
-
-def _config_part(family: registry.Family, kwargs: dict) -> dict:
-    unknown = sorted(set(kwargs) - set(family.config_fields) - set(family.fit_parameters))
-    if unknown:
-        raise TypeError(
-            f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
-            f"model_type={family.name!r}; model arguments: {', '.join(family.config_fields)}; "
-            f"fit arguments: {', '.join(family.fit_parameters)}"
-        )
-    return {k: v for k, v in kwargs.items() if k in family.config_fields}
-
-
-def _fit_part(family: registry.Family, kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if k in family.fit_parameters}
 
 
 class MM(ModelStore):
@@ -291,11 +277,7 @@ class MM(ModelStore):
     def fit(self, X, data_id=None, **fit_kwargs):
         """Fit a fresh model on X (and `lengths=` for sequences) and store it; returns its id.
         A failed fit stores nothing."""
-        unknown = sorted(set(fit_kwargs) - set(self.family.fit_parameters))
-        if unknown:
-            raise TypeError(f"unknown fit argument(s) {', '.join(unknown)} for "
-                            f"model_type={self.model_type!r}; expected "
-                            f"{', '.join(self.family.fit_parameters)}")
+        self.family.check_arguments(fit_kwargs, config=False)
         if data_id is not None and data_id in self:
             raise ValueError(f"data_id {data_id!r} is already in use; unfit it first or "
                              "choose another id")

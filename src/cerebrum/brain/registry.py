@@ -70,20 +70,25 @@ class Family:
     def config_fields(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.config_class))
 
-    def split_arguments(self, data, arguments: dict) -> tuple[Any, dict]:
-        """Split `fit_and_add` keywords into (config, fit keywords); unknown names are an error
-        that lists the accepted ones."""
-        config_names, fit_names = set(self.config_fields), set(self.fit_parameters)
-        unknown = sorted(set(arguments) - config_names - fit_names)
+    def check_arguments(self, arguments: dict, *, config: bool = True) -> None:
+        """Raise TypeError naming any keyword that is neither a model argument (when `config`)
+        nor a fit argument, with the accepted ones."""
+        accepted = set(self.fit_parameters) | (set(self.config_fields) if config else set())
+        unknown = sorted(set(arguments) - accepted)
         if unknown:
+            model = f"model arguments: {', '.join(self.config_fields)}; " if config else ""
             raise TypeError(
                 f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
-                f"model_type={self.name!r}; model arguments: {', '.join(self.config_fields)}; "
-                f"fit arguments: {', '.join(self.fit_parameters)}"
+                f"model_type={self.name!r}; {model}fit arguments: "
+                f"{', '.join(self.fit_parameters)}"
             )
-        config_fields = {k: v for k, v in arguments.items() if k in config_names}
-        fit_kwargs = {k: v for k, v in arguments.items() if k in fit_names}
-        return self.make_config(self.infer_config(data, config_fields)), fit_kwargs
+
+    def split_arguments(self, arguments: dict) -> tuple[dict, dict]:
+        """(model arguments, fit arguments) of `fit_and_add`-style keywords, checked."""
+        self.check_arguments(arguments)
+        config_fields = {k: v for k, v in arguments.items() if k in self.config_fields}
+        fit_kwargs = {k: v for k, v in arguments.items() if k in self.fit_parameters}
+        return config_fields, fit_kwargs
 
     def make_config(self, fields: dict):
         """The config from a mapping (a JSON object from a file, or keywords)."""
