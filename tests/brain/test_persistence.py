@@ -171,3 +171,17 @@ def test_models_added_directly_round_trip(tmp_path):
     X = np.linspace(-2, 4, 7)[:, None]
     assert loaded.score("direct", X) == brain.score("direct", X)
     assert not loaded.models["unfitted"].is_fitted
+
+
+def test_import_model_from_a_file_creates_or_replaces_the_entry(tmp_path):
+    brain = full_brain()
+    brain.export_model("h", tmp_path / "h.cbm")
+    other = Cerebrum()
+    other.import_model("copy", tmp_path / "h.cbm")
+    seqs = sequences(3)
+    assert other.score("copy", seqs) == brain.score("h", seqs)
+    other.import_model("copy", tmp_path / "h.cbm")  # replacing works too
+    with pytest.raises(TypeError, match="model_id must be a str"):
+        other.import_model(3, tmp_path / "h.cbm")
+    with pytest.raises(ValueError, match="does not fit model 'copy'"):
+        other.import_model("copy", {"nonsense": torch.zeros(1)})

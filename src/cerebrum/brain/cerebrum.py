@@ -232,6 +232,8 @@ class Cerebrum(nn.Module):
             load_state(self._entry(model_id), source, what=f"model {model_id!r}")
             return model_id
         model_id = check_id(model_id, name="model_id")
+        if not isinstance(model_id, str):
+            raise TypeError(f"model_id must be a str (a ModuleDict key), got int {model_id}")
         kind, record, tensors = persistence.read_file(source, expect=("model", "manager"))
         entry = _entry_from_record(kind, record, tensors, source=str(source))
         _move_own_model(entry, record.get("entry_id"), model_id)
