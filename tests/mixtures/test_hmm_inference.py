@@ -126,3 +126,34 @@ def test_scaled_forward_backward_equals_log_space(chunk_size):
         log_start, log_trans, log_emit.permute(2, 0, 1), lengths, chunk_size
     )
     np.testing.assert_allclose(scores, exact.log_likelihood, rtol=1e-12)
+
+
+def test_time_varying_transitions_match_enumeration():
+    """Transitions that change in time (B, T, S, S), as a recurrent network produces them:
+    the forward log-likelihood equals the sum over all S^T paths, and constant ones equal the
+    fixed-matrix recursion."""
+    gen = torch.Generator().manual_seed(5)
+    B, T, S = 3, 5, 3
+    log_start = torch.log_softmax(torch.randn(B, S, generator=gen, dtype=torch.float64), -1)
+    log_trans = torch.log_softmax(torch.randn(B, T, S, S, generator=gen, dtype=torch.float64),
+                                  -1)
+    log_emit = torch.randn(B, T, S, generator=gen, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 4])
+    for chunk_size in (None, 2):
+        _, log_lik = inference.forward(log_start, log_trans, log_emit, lengths,
+                                           chunk_size=chunk_size)
+        for b in range(B):
+            n = int(lengths[b])
+            terms = []
+            for path in itertools.product(range(S), repeat=n):
+                value = log_start[b, path[0]] + log_emit[b, 0, path[0]]
+                for t in range(1, n):
+                    value = (value + log_trans[b, t, path[t - 1], path[t]]
+                             + log_emit[b, t, path[t]])
+                terms.append(value)
+            assert float(log_lik[b]) == pytest.approx(float(torch.logsumexp(
+                torch.stack(terms), 0)), rel=1e-12)
+    fixed = log_trans[0, 1]
+    _, expected = inference.forward(log_start, fixed, log_emit, lengths)
+    _, varying = inference.forward(log_start, fixed.expand(B, T, S, S), log_emit, lengths)
+    torch.testing.assert_close(varying, expected)

@@ -121,15 +121,20 @@ def semiring_scan(
     return out.reshape(first.shape[0], n_chunks * chunk_size, -1)[:, :n_steps]
 
 
+def _transition_at(log_trans, index):
+    """log A for the step into time `index`: (S, S) as is, or (B, *I, S, S) from (B, T, S, S)."""
+    return log_trans if log_trans.dim() == 2 else log_trans[:, index]
+
+
 def _forward_matrices(log_trans, log_emit, valid):
-    """Step matrices of the forward pass: M_t = log A + log b_t (columns), identity where
+    """Step matrices of the forward pass: M_t = log A_t + log b_t (columns), identity where
     t == 0 or t is past the sequence's end."""
     n_steps = log_emit.shape[1]
 
     def step_matrix(index: torch.Tensor) -> torch.Tensor:
         inside = index.clamp_max(n_steps - 1)
         emit = log_emit[:, inside]  # (B, *I, S)
-        matrix = log_trans + emit.unsqueeze(-2)
+        matrix = _transition_at(log_trans, inside) + emit.unsqueeze(-2)
         use = valid[:, inside] & (index > 0) & (index < n_steps)
         return torch.where(use[..., None, None], matrix, _identity_like(matrix))
 
@@ -144,7 +149,7 @@ def _backward_matrices(log_trans, log_emit, valid):
     def step_matrix(index: torch.Tensor) -> torch.Tensor:
         following = (n_steps - index).clamp(0, n_steps - 1)  # t + 1 for s = index
         emit = log_emit[:, following]
-        matrix = (log_trans + emit.unsqueeze(-2)).mT
+        matrix = (_transition_at(log_trans, following) + emit.unsqueeze(-2)).mT
         use = valid[:, following] & (index > 0) & (index < n_steps)
         return torch.where(use[..., None, None], matrix, _identity_like(matrix))
 
@@ -154,8 +159,10 @@ def _backward_matrices(log_trans, log_emit, valid):
 def forward(log_start, log_trans, log_emit, lengths, semiring="log", chunk_size=None):
     """Forward variables (B, T, S) and per-sequence log-likelihood (or best path score) (B,).
 
-    log_start (S,), log_trans (S, S), log_emit (B, T, S), lengths (B,) int64 (each >= 1).
-    Past a sequence's end the forward variables repeat the value at its last step.
+    log_start (S,) or (B, S), log_emit (B, T, S), lengths (B,) int64 (each >= 1), log_trans
+    (S, S), or (B, T, S, S) for transitions that change in time (log_trans[:, t] leads into
+    step t; index 0 is never read). Differentiable, so hybrids train through it. Past a
+    sequence's end the forward variables repeat the value at its last step.
     """
     valid = valid_mask(lengths, log_emit.shape[1])
     first = log_start + log_emit[:, 0]
