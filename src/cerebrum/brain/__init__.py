@@ -7,6 +7,7 @@ single-file format.
 """
 
 from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
+from cerebrum.brain import hybrids as _hybrids  # noqa: F401  (registers vrmgt)
 from cerebrum.brain.cerebrum import MMM, Cerebrum
 from cerebrum.brain.managers import MM, MMMan
 

@@ -96,8 +96,12 @@ class Cerebrum(nn.Module):
             manager.fit(data, family.name, data_id=model_id, device=device, **kwargs)
             return self.add_model(manager, model_id)
         config, fit_kwargs = family.split_arguments(kwargs)
-        model = family.build(family.make_config(family.infer_config(data, config)),
-                             device=device)
+        config = family.make_config(family.infer_config(data, config))
+        seed = fit_kwargs.get("random_state")
+        with torch.random.fork_rng(devices=[]):  # a seeded fit also gets seeded initial weights
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            model = family.build(config, device=device)
         family.fit(model, data, **fit_kwargs)
         return self.add_model(model, model_id)
 
@@ -190,7 +194,7 @@ class Cerebrum(nn.Module):
         order (a manager's model not stored under its entry's id is "entry/data_id").
         """
         found = self._candidates(model_ids)
-        n_features = {family.config_of(model).n_features for _, model, family in found}
+        n_features = {family.n_features(model) for _, model, family in found}
         if len(n_features) > 1:
             raise ValueError(f"the candidate models differ in n_features ({sorted(n_features)});"
                              " choose comparable ones with model_ids")

@@ -42,6 +42,7 @@ class Family:
         infer_config: (data, given fields) -> fields completed from the data (n_features, ...).
         managed: True for families that Cerebrum keeps inside an MMMan (seed 000: "for gmm/hmm,
             uses a transient MMMan ... and registers that manager under model_id").
+        feature_field: the config field that holds the number of observed features.
         description: one line for `cerebrum info` and error messages.
     """
 
@@ -56,6 +57,7 @@ class Family:
     infer_config: Callable[[Any, dict], dict]
     managed: bool = False
     summary_attributes: tuple[str, ...] = ()
+    feature_field: str = "n_features"
     description: str = ""
     fit_parameters: tuple[str, ...] = field(init=False, default=())
 
@@ -65,6 +67,10 @@ class Family:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         )[2:]  # after (model, data)
         object.__setattr__(self, "fit_parameters", names)
+
+    def n_features(self, model: nn.Module) -> int:
+        """How many features an observation of `model` has."""
+        return getattr(self.config_of(model), self.feature_field)
 
     @property
     def config_fields(self) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ mixture components when a decoder outputs a Gaussian mixture.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -19,7 +20,7 @@ LOGVAR_RANGE = (-10.0, 10.0)
 def mlp(sizes: list[int], activation=nn.ReLU) -> nn.Sequential:
     """Linear layers of the given sizes with `activation` between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
             layers.append(activation())
