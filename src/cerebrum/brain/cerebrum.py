@@ -19,6 +19,7 @@ Shapes: N samples or frames, B sequences, D features, C candidate models.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -328,4 +329,16 @@ class MMM(Cerebrum):
     `score(model_id, X)`, `get_log_likelihoods(model_id, X, data_ids=None)`,
     `export_model(model_id, filepath)` (a file; without it the state dict),
     `import_model(model_id, path_or_state_dict)`, the getters, `save` / `MMM.load`.
+
+    One name differs: in seed 001, `model_type='mmm'` is the deep hybrid VRMGT ("Train and Add
+    a Deep MMM (VRMGT)"), while in seed 000 (`Cerebrum`) "mmm" is the MultiMixtureTransformer.
+    MMM therefore maps 'mmm' to the "vrmgt" family.
     """
+
+    MODEL_TYPE_ALIASES: ClassVar[dict[str, str]] = {"mmm": "vrmgt"}
+
+    def fit_and_add(self, data, model_type: str = "gmm", model_id: str | None = None, *,
+                    device=None, **kwargs) -> str:
+        """Cerebrum.fit_and_add, with seed 001's 'mmm' meaning the VRMGT."""
+        model_type = self.MODEL_TYPE_ALIASES.get(model_type, model_type)
+        return super().fit_and_add(data, model_type, model_id, device=device, **kwargs)

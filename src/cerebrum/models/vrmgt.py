@@ -125,7 +125,7 @@ class VariationalRecurrentMarkovGaussianTransformer(nn.Module):
                    else lengths.to(x.device))
         valid = hmm_inference.valid_mask(lengths, T)  # (B, T)
         shifted = torch.cat([self.first_input.expand(B, 1, D), x[:, :-1]], 1)
-        context = self.context.encode(shifted, lengths)  # (B, T, C): sees x_{<t}
+        context = self.context(shifted, src_lengths=lengths)  # (B, T, C): sees x_{<t}
         xs = x.repeat(K, 1, 1)  # (K*B, T, D), sample-major
         context = context.repeat(K, 1, 1)
         h = self.initial_state.expand(K * B, -1)
