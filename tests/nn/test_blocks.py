@@ -76,26 +76,25 @@ def test_recurrent_network_is_causal():
 
 
 def test_rnn_hmm_forward_equals_hidden_markov_when_the_rnn_is_constant():
-    """Zero the RNN heads' weights and put fixed HMM parameters in their biases: the
+    """Zero the RNN heads' weights and put fixed GMM-HMM parameters in their biases: the
     differentiable forward pass over its outputs must equal HiddenMarkov.log_likelihoods."""
     rng = np.random.default_rng(0)
-    S, D = 3, 2
+    S, M, D = 3, 2, 2
     start, trans = rng.dirichlet(np.ones(S)), rng.dirichlet(np.ones(S), size=S)
-    means, variances = rng.normal(size=(S, D)), rng.uniform(0.5, 2.0, size=(S, D))
-    hmm = HiddenMarkov.from_params(start, trans, np.ones((S, 1)), means[:, None],
-                                   variances[:, None], covariance_type="diag",
-                                   dtype=torch.float64)
-    net = RecurrentNetwork(D, 8, S).double()
+    weights = rng.dirichlet(np.ones(M), size=S)
+    means, variances = rng.normal(size=(S, M, D)), rng.uniform(0.5, 2.0, size=(S, M, D))
+    hmm = HiddenMarkov.from_params(start, trans, weights, means, variances,
+                                   covariance_type="diag", dtype=torch.float64)
+    net = RecurrentNetwork(D, 8, S, n_mix=M).double()
     with torch.no_grad():
         for head in (net.to_start, net.to_transitions, net.to_emissions):
             head.weight.zero_()
         net.to_start.bias.copy_(torch.as_tensor(np.log(start)))
         net.to_transitions.bias.copy_(torch.as_tensor(np.log(trans)).reshape(-1))
-        emission = np.stack([means, np.log(variances)], 1)  # (S, 2, D)
-        net.to_emissions.bias.copy_(torch.as_tensor(emission).reshape(-1))
+        net.to_emissions.bias.copy_(torch.as_tensor(np.concatenate(
+            [np.log(weights).ravel(), means.ravel(), np.log(variances).ravel()])))
     X, _ = hmm.sample(12, n_sequences=4, random_state=0)
-    x = torch.as_tensor(X)
-    params = net(x)
+    params = net(torch.as_tensor(X))
     _, log_lik = hmm_inference.forward(params.start, params.transitions, params.emissions,
                                        torch.full((4,), 12))
     np.testing.assert_allclose(log_lik.detach().numpy(), hmm.log_likelihoods(X), rtol=1e-10)
