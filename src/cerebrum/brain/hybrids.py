@@ -1,4 +1,5 @@
-"""The deep hybrid families: "vrmgt" (seed 001's VariationalRecurrentMarkovGaussianTransformer).
+"""The deep hybrid families: "mmm" (seed 000's MultiMixtureTransformer) and "vrmgt" (seed
+001's VariationalRecurrentMarkovGaussianTransformer).
 
 Their configs are the models' own config dataclasses; fit settings are the models' `fit`
 keywords (epochs, lr, batch_size, clip_norm, weight_decay, kl_anneal_epochs,
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from cerebrum.brain.classical import n_features_of
 from cerebrum.brain.registry import Family, register
+from cerebrum.models.multi_mixture_transformer import MMTConfig, MultiMixtureTransformer
 from cerebrum.models.vrmgt import VariationalRecurrentMarkovGaussianTransformer, VRMGTConfig
 
 
@@ -20,26 +22,32 @@ def _infer_input_dim(data, fields: dict) -> dict:
     return fields
 
 
-def _build_vrmgt(config: VRMGTConfig, device=None):
-    model = VariationalRecurrentMarkovGaussianTransformer(config)
-    return model.to(device) if device is not None else model
+def _hybrid_family(name, model_class, config_class, description, saved=("history_",)):
+    def build(config, device=None):
+        model = model_class(config)
+        return model.to(device) if device is not None else model
+
+    return register(Family(
+        name=name,
+        model_class=model_class,
+        config_class=config_class,
+        build=build,
+        config_of=lambda model: model.config,
+        fit=model_class.fit,
+        sequence_log_likelihoods=lambda model, X, lengths: model.log_likelihoods(X, lengths),
+        log_likelihoods=lambda model, X, lengths=None, **kw: model.log_likelihoods(
+            X, lengths, **kw),
+        infer_config=_infer_input_dim,
+        summary_attributes=saved,
+        feature_field="input_dim",
+        description=description,
+    ))
 
 
-VRMGT = register(Family(
-    name="vrmgt",
-    model_class=VariationalRecurrentMarkovGaussianTransformer,
-    config_class=VRMGTConfig,
-    build=_build_vrmgt,
-    config_of=lambda model: model.config,
-    fit=VariationalRecurrentMarkovGaussianTransformer.fit,
-    sequence_log_likelihoods=lambda model, X, lengths: model.log_likelihoods(X, lengths),
-    log_likelihoods=lambda model, X, lengths=None, **kw: model.log_likelihoods(X, lengths,
-                                                                               **kw),
-    infer_config=_infer_input_dim,
-    summary_attributes=("history_",),
-    feature_field="input_dim",
-    description="variational recurrent Markov Gaussian transformer (importance-weighted "
-                "lower bound on the log-likelihood)",
-))
-
-__all__ = ["VRMGT"]
+MMM = _hybrid_family(
+    "mmm", MultiMixtureTransformer, MMTConfig,
+    "multi-mixture transformer: VAE + RNN-HMM + Transformer (importance-weighted bound)",
+    saved=("history_", "rules"))
+VRMGT = _hybrid_family(
+    "vrmgt", VariationalRecurrentMarkovGaussianTransformer, VRMGTConfig,
+    "variational recurrent Markov Gaussian transformer (importance-weighted bound)")

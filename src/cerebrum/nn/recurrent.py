@@ -47,7 +47,7 @@ class RecurrentNetwork(nn.Module):
         self.num_states, self.n_mix = num_states, n_mix
         self.target_dim = input_dim if target_dim is None else target_dim
         self.rnn = CELLS[cell](input_dim, hidden_dim, num_layers=num_layers, batch_first=True)
-        self.initial = nn.Parameter(torch.zeros(hidden_dim))  # the state before step 0
+        self.initial = nn.Parameter(0.1 * torch.randn(hidden_dim))  # the state before step 0
         S, E = num_states, self.target_dim
         self.to_start = nn.Linear(hidden_dim, S)
         self.to_transitions = nn.Linear(hidden_dim, S * S)

@@ -1,0 +1,495 @@
+"""MultiMixtureTransformer (seed 000): a VAE, an RNN-HMM over its latents and a Transformer.
+
+Per step, an encoder gives q(z_t | x_t) = N(mu_t, exp(logvar_t)); a decoder maps z_t back to x
+(the reconstruction); a RecurrentNetwork reads the latent path and gives, from the past, HMM
+start / transition log-probabilities and per-state Gaussian-mixture emission densities of the
+next latent, whose states the forward algorithm (hmm_inference, as in HiddenMarkov) sums out:
+the "HMM log-likelihood" of the latent trajectory. A TimeSeriesTransformer maps the latent
+sequence to a target sequence when one is given. Per-dimension weight vectors steer the tasks:
+    pred_weights   (Z,)  how much of the model's predicted next latent replaces the current one
+    recog_weights  (Z,)  how much of the attention to a target latent enters recognition
+    gen_weights    (Z,)  the scale of latent noise in generation (a per-dimension temperature)
+    reg_weights    (Z,)  how strongly each latent dimension of the plan informs drafting
+`add_rule` adds a squared-error penalty that pulls the mean of one of these toward a target.
+
+With `vocab_size` set, the regression (drafting) path of seed 000 exists: a latent plan from a
+context sequence, refined blockwise by TinyDiffusion blocks; several token drafts sampled with
+top-p from an autoregressive decoder (`auto_decoder` + `to_vocab`) conditioned on the plan;
+each scored by a DraftScorer; the best one refined; an entropy penalty on its logits.
+
+Layout follows the seed: time-major sequences (T, B, D); a single step is (B, D).
+Shapes: T steps, B batch, D = input_dim, Z = z_dim, S = num_states, M = n_mix,
+O = output_dim, V = vocab_size, L = draft_len, P = plan steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cerebrum.mixtures import hmm_inference
+from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
+from cerebrum.mixtures._validation import check_positive_int
+from cerebrum.models._training import padded, train_sequences
+from cerebrum.nn.coders import (
+    LOGVAR_RANGE,
+    Decoder,
+    Encoder,
+    gaussian_kl,
+    gaussian_log_prob,
+    reparameterize,
+)
+from cerebrum.nn.drafting import DraftScorer, TinyDiffusionBlock
+from cerebrum.nn.recurrent import RecurrentNetwork
+from cerebrum.nn.transformer import TimeSeriesTransformer, check_heads
+
+#: The HMM log-likelihood is clamped to this range in the loss (seed 000: no infinities).
+HMM_LOGLIK_RANGE = (-1e6, 1e6)
+TASKS = ("pred", "recog", "gen", "reg")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MMTConfig:
+    """Architecture of a MultiMixtureTransformer (seed 000's argument names)."""
+
+    input_dim: int
+    hidden_dim: int = 64
+    z_dim: int = 8
+    rnn_hidden: int = 64
+    num_states: int = 4
+    n_mix: int = 1
+    trans_d_model: int = 32
+    trans_nhead: int = 4
+    trans_layers: int = 1
+    output_dim: int | None = None
+    vocab_size: int | None = None
+    draft_len: int = 8
+    n_drafts: int = 4
+    n_blocks: int = 2
+    top_p: float = 0.9
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("input_dim", "hidden_dim", "z_dim", "rnn_hidden", "num_states", "n_mix",
+                     "trans_d_model", "trans_nhead", "trans_layers", "draft_len", "n_drafts",
+                     "n_blocks"):
+            object.__setattr__(self, name, check_positive_int(getattr(self, name), name=name))
+        check_heads(self.trans_d_model, self.trans_nhead)
+        output_dim = self.input_dim if self.output_dim is None else self.output_dim
+        object.__setattr__(self, "output_dim", check_positive_int(output_dim,
+                                                                  name="output_dim"))
+        if self.vocab_size is not None:
+            object.__setattr__(self, "vocab_size",
+                               check_positive_int(self.vocab_size, name="vocab_size",
+                                                  minimum=2))
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+
+def top_p_sample(logits: torch.Tensor, top_p: float, generator=None) -> torch.Tensor:
+    """Nucleus sampling: one token per row of logits (..., V) from the smallest set of tokens
+    whose probabilities sum to at least top_p."""
+    probs = torch.softmax(logits, -1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    keep = sorted_probs.cumsum(-1) - sorted_probs < top_p  # always keeps the first
+    sorted_probs = torch.where(keep, sorted_probs, 0.0)
+    flat = sorted_probs.reshape(-1, sorted_probs.shape[-1])
+    pick = torch.multinomial(flat, 1, generator=generator).view(*logits.shape[:-1], 1)
+    return order.gather(-1, pick).squeeze(-1)
+
+
+class MultiMixtureTransformer(nn.Module):
+    """Seed 000's hybrid (see the module docstring). Build from an `MMTConfig` or keywords."""
+
+    def __init__(self, config: MMTConfig | None = None, **kwargs):
+        super().__init__()
+        config = MMTConfig(**kwargs) if config is None else config
+        self.config = c = config
+        D, Z = c.input_dim, c.z_dim
+        self.encoder = Encoder(D, c.hidden_dim, Z)
+        self.decoder = Decoder(Z, c.hidden_dim, D)
+        self.rnn = RecurrentNetwork(Z, c.rnn_hidden, c.num_states, n_mix=c.n_mix)
+        self.transformer = TimeSeriesTransformer(Z, c.trans_d_model, c.trans_nhead,
+                                                 c.trans_layers, c.output_dim)
+        self.pred_weights = nn.Parameter(torch.ones(Z))
+        self.recog_weights = nn.Parameter(torch.ones(Z))
+        self.gen_weights = nn.Parameter(torch.ones(Z))
+        self.reg_weights = nn.Parameter(torch.ones(Z))
+        self.recog_attention = nn.MultiheadAttention(Z, 1, batch_first=True)
+        # log-variance of the reconstruction noise per feature, set after fitting (the MLE
+        # given the decoder): turns the MSE-trained decoder into p(x | z) for scoring
+        self.register_buffer("recon_logvar", torch.zeros(D))
+        self.rules: dict[str, tuple[str, float, float]] = {}
+        if c.vocab_size is not None:
+            V = c.vocab_size
+            self.diffusion = nn.ModuleList(TinyDiffusionBlock(Z) for _ in range(c.n_blocks))
+            self.token_embedding = nn.Embedding(V + 1, c.hidden_dim)  # V = start token
+            self.plan_to_hidden = nn.Linear(Z, c.hidden_dim)
+            self.auto_decoder = nn.GRU(c.hidden_dim, c.hidden_dim, batch_first=True)
+            self.to_vocab = nn.Linear(c.hidden_dim, V)
+            self.scorer = DraftScorer(V, Z, d_model=c.trans_d_model, nhead=c.trans_nhead)
+        self.history_: dict = {}
+        self.to(getattr(torch, c.dtype))
+
+    # ------------------------------------------------------------------ core
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:
+        """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+        return reparameterize(mu, logvar, generator)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if x.dim() not in (2, 3):
+            raise ValueError(f"x must be (T, B, input_dim) or (B, input_dim), got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[-1] != self.config.input_dim:
+            raise ValueError(f"x has {x.shape[-1]} features, but this model was built with "
+                             f"input_dim={self.config.input_dim}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinity")
+
+    def forward(self, x: torch.Tensor, tgt: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None, generator=None) -> dict:
+        """All intermediates for x (T, B, D) (or one step (B, D), taken as T = 1).
+
+        Returns a dict: zs (T, B, Z) sampled latents, mu / logvar (T, B, Z), reconstruction
+        (x's shape), emissions (T, B, S) log-densities of each z_t under each state given the
+        past, transitions (T, B, S, S), start (B, S), hmm_log_likelihood (B,), and, when tgt
+        (T', B, O) is given, transformer_output (T', B, O) (teacher forced: step t sees tgt
+        before t and every latent).
+        """
+        self._check_input(x)
+        single = x.dim() == 2
+        seq = x.unsqueeze(0) if single else x
+        T, B, _ = seq.shape
+        lengths = (torch.full((B,), T, device=x.device) if lengths is None
+                   else lengths.to(x.device))
+        mu, logvar = self.encoder(seq)
+        zs = self.reparameterize(mu, logvar, generator)
+        reconstruction = self.decoder(zs)
+        markov = self.rnn(zs.transpose(0, 1))  # batch-first inside
+        _, hmm_ll = hmm_inference.forward(markov.start, markov.transitions, markov.emissions,
+                                          lengths)
+        out = {"zs": zs, "mu": mu, "logvar": logvar,
+               "reconstruction": reconstruction[0] if single else reconstruction,
+               "emissions": markov.emissions.transpose(0, 1),
+               "transitions": markov.transitions.transpose(0, 1), "start": markov.start,
+               "hmm_log_likelihood": hmm_ll, "lengths": lengths}
+        if tgt is not None:
+            if tgt.dim() != 3 or tgt.shape[1] != B or tgt.shape[2] != self.config.output_dim:
+                raise ValueError(f"tgt must be (T', {B}, output_dim={self.config.output_dim}),"
+                                 f" got shape {tuple(tgt.shape)}")
+            shifted = torch.cat([torch.zeros_like(tgt[:1]), tgt[:-1]], 0)
+            out["transformer_output"] = self.transformer(
+                zs.transpose(0, 1), shifted.transpose(0, 1), src_lengths=lengths
+            ).transpose(0, 1)
+        return out
+
+    def loss(self, x: torch.Tensor, outputs: dict, tgt: torch.Tensor | None = None,
+             kl_weight: float = 1.0) -> torch.Tensor:
+        """Seed 000's objective per valid step: reconstruction MSE + kl_weight * KL(q || N(0,
+        I)) + the negative HMM log-likelihood of the latent path (clamped), plus the MSE of
+        the transformer output to tgt when both are there."""
+        seq = x.unsqueeze(0) if x.dim() == 2 else x
+        recon = outputs["reconstruction"]
+        recon = recon.unsqueeze(0) if recon.dim() == 2 else recon
+        T = seq.shape[0]
+        mask = hmm_inference.valid_mask(outputs["lengths"], T).T.to(seq.dtype)  # (T, B)
+        n_valid = mask.sum()
+        logvar = outputs["logvar"].clamp(*LOGVAR_RANGE)
+        mse = (((recon - seq) ** 2).mean(-1) * mask).sum() / n_valid
+        kl = (gaussian_kl(outputs["mu"], logvar) * mask).sum() / n_valid
+        hmm_nll = -outputs["hmm_log_likelihood"].clamp(*HMM_LOGLIK_RANGE).sum() / n_valid
+        total = mse + kl_weight * kl + hmm_nll
+        if tgt is not None and "transformer_output" in outputs:
+            total = total + F.mse_loss(outputs["transformer_output"], tgt)
+        return total
+
+    # ------------------------------------------------------------------ rules and steps
+
+    def add_rule(self, name: str, label: str, reward_target: float, reward: float) -> None:
+        """Penalise reward * (mean(<label>_weights) - reward_target)^2 in training_step;
+        label is one of 'pred', 'recog', 'gen', 'reg'. A rule of the same name is replaced."""
+        if label not in TASKS:
+            raise ValueError(f"label must be one of {', '.join(TASKS)}, got {label!r}")
+        for arg, value in (("reward_target", reward_target), ("reward", reward)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{arg} must be a finite number, got {value!r}")
+        if reward < 0:
+            raise ValueError(f"reward must be >= 0, got {reward}")
+        self.rules[name] = (label, float(reward_target), float(reward))
+
+    def rule_loss(self) -> torch.Tensor:
+        """The sum of the rule penalties (0 without rules)."""
+        total = self.pred_weights.new_zeros(())
+        for label, target, reward in self.rules.values():
+            weights = getattr(self, f"{label}_weights")
+            total = total + reward * (weights.mean() - target) ** 2
+        return total
+
+    def training_step(self, x: torch.Tensor, optimizer: torch.optim.Optimizer, *,
+                      tgt=None, lengths=None, kl_weight: float = 1.0,
+                      clip_norm: float | None = None, generator=None) -> float:
+        """One update: forward, loss + rule losses, backward, optional clipping, step.
+        Returns the loss as a float."""
+        self.train()
+        outputs = self(x, tgt, lengths, generator)
+        loss = self.loss(x, outputs, tgt, kl_weight) + self.rule_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), clip_norm)
+        optimizer.step()
+        return float(loss.detach())
+
+    # the trainer's interface (batch-first padded batches)
+    def training_loss(self, x, lengths, kl_weight, generator=None) -> torch.Tensor:
+        seq = x.transpose(0, 1)
+        outputs = self(seq, None, lengths, generator)
+        return self.loss(seq, outputs, None, kl_weight) + self.rule_loss()
+
+    def validation_loss(self, x, lengths, generator=None) -> torch.Tensor:
+        seq = x.transpose(0, 1)
+        return self.loss(seq, self(seq, None, lengths, generator), None, 1.0)
+
+    # ------------------------------------------------------------------ inference
+
+    def _filtered_states(self, mu: torch.Tensor):
+        """Run the RNN-HMM over a latent path (T, B, Z): the recurrent state after the last
+        step and the filtered state distribution p(s_T | z_1..T) (B, S)."""
+        markov = self.rnn(mu.transpose(0, 1))
+        lengths = torch.full((mu.shape[1],), mu.shape[0], device=mu.device)
+        alpha, _ = hmm_inference.forward(markov.start, markov.transitions,
+                                         markov.emissions, lengths)
+        filtered = torch.softmax(alpha[:, -1], -1)
+        state, _ = self.rnn.rnn(mu.transpose(0, 1))
+        return state[:, -1], filtered
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """One-step lookahead: x (B, D) or a context (T, B, D) -> the predicted next x (B, D).
+
+        The RNN-HMM's expected next latent (states propagated one step, each state's mixture
+        mean) replaces the current latent per dimension in proportion to pred_weights."""
+        self._check_input(x)
+        seq = x.unsqueeze(0) if x.dim() == 2 else x
+        mu, _ = self.encoder(seq)
+        last_state, filtered = self._filtered_states(mu)
+        transitions = torch.softmax(self.rnn.to_transitions(last_state).view(
+            -1, self.config.num_states, self.config.num_states), -1)
+        next_state = torch.einsum("bi,bij->bj", filtered, transitions)  # (B, S)
+        mixture = self.rnn.mixture_at(last_state)  # (B, S, M, Z)
+        per_state = (mixture.log_weights.exp().unsqueeze(-1) * mixture.means).sum(-2)
+        expected = torch.einsum("bs,bsz->bz", next_state, per_state)
+        weight = self.pred_weights.clamp(0, 1)
+        return self.decoder(weight * expected + (1 - weight) * mu[-1])
+
+    def recognize(self, x: torch.Tensor, tgt_z: torch.Tensor) -> torch.Tensor:
+        """Cross-attend the latents of x to a target and decode: x (B, D) or (T, B, D);
+        tgt_z (..., Z) a target latent, or (..., D) a target observation (encoded first).
+        Returns a reconstruction shaped like x, pulled toward the target per recog_weights
+        (differentiable, so recognition can be trained toward targets)."""
+        self._check_input(x)
+        seq = x.unsqueeze(0) if x.dim() == 2 else x
+        mu, _ = self.encoder(seq)  # (T, B, Z)
+        target = tgt_z.to(mu.dtype)
+        if target.shape[-1] == self.config.input_dim != self.config.z_dim:
+            target = self.encoder(target)[0]
+        if target.shape[-1] != self.config.z_dim:
+            raise ValueError(f"tgt_z must end in z_dim={self.config.z_dim} or "
+                             f"input_dim={self.config.input_dim}, got shape "
+                             f"{tuple(tgt_z.shape)}")
+        target = target.reshape(-1, mu.shape[1], self.config.z_dim)  # (T', B, Z)
+        attended, _ = self.recog_attention(mu.transpose(0, 1), target.transpose(0, 1),
+                                           target.transpose(0, 1))
+        z = mu + self.recog_weights * attended.transpose(0, 1)
+        out = self.decoder(z)
+        return out[0] if x.dim() == 2 else out
+
+    @torch.no_grad()
+    def generate(self, num_steps: int, batch_size: int = 1, generator=None) -> torch.Tensor:
+        """Sample num_steps observations for batch_size sequences: a start state from the
+        HMM, then per step a component of the state's mixture, a latent (noise scaled by
+        gen_weights), its decoding, and the next state from the transitions.
+        Returns (num_steps, batch_size, D)."""
+        check_positive_int(num_steps, name="num_steps")
+        check_positive_int(batch_size, name="batch_size")
+        p = self.pred_weights
+        h = self.rnn.initial.expand(batch_size, -1)
+        hidden = None
+        state = torch.multinomial(torch.softmax(self.rnn.to_start(self.rnn.initial), -1)
+                                  .expand(batch_size, -1), 1, generator=generator)[:, 0]
+        rows = torch.arange(batch_size, device=p.device)
+        out = []
+        for _ in range(num_steps):
+            mixture = self.rnn.mixture_at(h)  # (B, S, M, Z)
+            log_w = mixture.log_weights[rows, state]  # (B, M)
+            component = torch.multinomial(log_w.exp(), 1, generator=generator)[:, 0]
+            mean = mixture.means[rows, state, component]
+            std = torch.exp(0.5 * mixture.logvar[rows, state, component])
+            eps = torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
+            z = mean + self.gen_weights * std * eps
+            out.append(self.decoder(z))
+            h, hidden = self.rnn.step(z, hidden)
+            transitions = torch.softmax(self.rnn.to_transitions(h).view(
+                batch_size, self.config.num_states, self.config.num_states), -1)
+            state = torch.multinomial(transitions[rows, state], 1, generator=generator)[:, 0]
+        return torch.stack(out)
+
+    # ------------------------------------------------------------------ regression / drafting
+
+    def _require_vocab(self) -> None:
+        if self.config.vocab_size is None:
+            raise ValueError("regression needs a token vocabulary: build the model with "
+                             "vocab_size=...")
+
+    def _plan(self, context_sequence: torch.Tensor) -> torch.Tensor:
+        """The latent plan (B, P, Z): encoder means, refined block by block, each block of
+        steps by its own TinyDiffusion denoiser."""
+        self._check_input(context_sequence)
+        seq = context_sequence.unsqueeze(0) if context_sequence.dim() == 2 else context_sequence
+        plan = self.encoder(seq)[0].transpose(0, 1)  # (B, P, Z)
+        blocks = plan.tensor_split(min(self.config.n_blocks, plan.shape[1]), dim=1)
+        return torch.cat([self.diffusion[i](block) for i, block in enumerate(blocks)], 1)
+
+    def _decode_tokens(self, tokens_in: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V) for input tokens (B, L) (start token first), the
+        plan infused into every step (its reg-weighted mean, projected)."""
+        infusion = self.plan_to_hidden((plan * self.reg_weights).mean(1))  # (B, H)
+        hidden, _ = self.auto_decoder(self.token_embedding(tokens_in) + infusion.unsqueeze(1))
+        return self.to_vocab(hidden)
+
+    def _sample_drafts(self, plan: torch.Tensor, n_drafts: int, generator=None):
+        """n_drafts token sequences per batch row by top-p sampling: (B, n, L)."""
+        B, L, V = plan.shape[0], self.config.draft_len, self.config.vocab_size
+        rep = plan.repeat_interleave(n_drafts, 0)
+        infusion = self.plan_to_hidden((rep * self.reg_weights).mean(1)).unsqueeze(1)
+        token = torch.full((B * n_drafts, 1), V, device=plan.device, dtype=torch.long)
+        hidden, drafts = None, []
+        for _ in range(L):
+            out, hidden = self.auto_decoder(self.token_embedding(token) + infusion, hidden)
+            token = top_p_sample(self.to_vocab(out[:, -1]), self.config.top_p,
+                                 generator)[:, None]
+            drafts.append(token)
+        return torch.cat(drafts, 1).view(B, n_drafts, L)
+
+    def regression(self, context_sequence: torch.Tensor, generator=None):
+        """CoRe²-style drafting from a context (T, B, D) (or (B, D)).
+
+        Returns (logits (B, L, V) of the best draft, refined under teacher forcing;
+        entropy_penalty, a scalar: the mean entropy of those logits' distributions)."""
+        self._require_vocab()
+        plan = self._plan(context_sequence)
+        with torch.no_grad():
+            drafts = self._sample_drafts(plan, self.config.n_drafts, generator)  # (B, n, L)
+            B, n, L = drafts.shape
+            _, nll = self.scorer(drafts.reshape(B * n, L), plan.repeat_interleave(n, 0))
+            best = drafts[torch.arange(B), nll.view(B, n).argmin(1)]  # (B, L)
+        start = torch.full((B, 1), self.config.vocab_size, device=best.device,
+                           dtype=torch.long)
+        logits = self._decode_tokens(torch.cat([start, best[:, :-1]], 1), plan)
+        return logits, self._entropy(logits)
+
+    def regression_loss(self, context_sequence: torch.Tensor, target_tokens: torch.Tensor,
+                        entropy_weight: float = 0.01) -> torch.Tensor:
+        """Teacher-forced cross-entropy of target_tokens (B, L) given the plan of the context,
+        plus the DraftScorer's NLL of the targets (so the scorer learns to rank drafts) and
+        entropy_weight times the entropy penalty. A scalar."""
+        self._require_vocab()
+        if target_tokens.dim() != 2 or target_tokens.dtype != torch.long:
+            raise ValueError(f"target_tokens must be (B, L) int64, got {tuple(target_tokens.shape)}"
+                             f" {target_tokens.dtype}")
+        if bool((target_tokens < 0).any() | (target_tokens >= self.config.vocab_size).any()):
+            raise ValueError(f"target_tokens must lie in [0, {self.config.vocab_size})")
+        plan = self._plan(context_sequence)
+        B = target_tokens.shape[0]
+        start = torch.full((B, 1), self.config.vocab_size, device=target_tokens.device,
+                           dtype=torch.long)
+        logits = self._decode_tokens(torch.cat([start, target_tokens[:, :-1]], 1), plan)
+        ce = F.cross_entropy(logits.transpose(1, 2), target_tokens)
+        _, scorer_nll = self.scorer(target_tokens, plan)
+        return ce + scorer_nll.mean() / target_tokens.shape[1] + entropy_weight * self._entropy(
+            logits)
+
+    @staticmethod
+    def _entropy(logits: torch.Tensor) -> torch.Tensor:
+        log_p = torch.log_softmax(logits, -1)
+        return -(log_p.exp() * log_p).sum(-1).mean()
+
+    # ------------------------------------------------------------------ scikit-learn-style verbs
+
+    def _batch(self, X, lengths) -> SequenceBatch:
+        param = self.pred_weights
+        return as_sequence_batch(X, lengths, n_features=self.config.input_dim,
+                                 dtype=param.dtype, device=param.device,
+                                 owner=f"this {type(self).__name__}")
+
+    def fit(self, X, lengths=None, *, epochs: int = 100, lr: float = 1e-3,
+            batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
+            kl_anneal_epochs: int = 0, validation_split: float = 0.1,
+            patience: int | None = 10, random_state=None, verbose: bool = False):
+        """Train on sequences (any form HiddenMarkov takes, batch-first) with seed 000's loss
+        and rules; then set the reconstruction noise to its maximum-likelihood value so that
+        `log_likelihoods` scores a proper density. Returns self; `history_` per epoch."""
+        batch = self._batch(X, lengths)
+        self.history_ = train_sequences(
+            self, batch, epochs=epochs, lr=lr, batch_size=batch_size, clip_norm=clip_norm,
+            weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
+            validation_split=validation_split, patience=patience, random_state=random_state,
+            verbose=verbose)
+        self._calibrate_noise(batch)
+        return self
+
+    @torch.no_grad()
+    def _calibrate_noise(self, batch: SequenceBatch) -> None:
+        """recon_logvar <- log of the mean squared reconstruction error per feature (at the
+        posterior means), the maximum-likelihood Gaussian noise for the trained decoder."""
+        x = padded(batch).transpose(0, 1)
+        mask = hmm_inference.valid_mask(batch.lengths, x.shape[0]).T.unsqueeze(-1)
+        residual = (self.decoder(self.encoder(x)[0]) - x) ** 2 * mask
+        variance = residual.sum((0, 1)) / mask.sum()
+        self.recon_logvar.copy_(variance.clamp_min(1e-6).log())
+
+    def log_likelihoods(self, X, lengths=None, *, n_samples: int = 64, random_state=0,
+                        batch_size: int = 64) -> np.ndarray:
+        """Importance-weighted lower bound on log p(x) per sequence (B,), nats, NumPy, for
+        the generative model p(z) = the RNN-HMM over latent paths, p(x_t | z_t) =
+        N(decoder(z_t), exp(recon_logvar)), with the encoder as proposal."""
+        check_positive_int(n_samples, name="n_samples")
+        batch = self._batch(X, lengths)
+        x_all = padded(batch)
+        generator = torch.Generator(device=x_all.device)
+        generator.manual_seed(int(random_state) if random_state is not None
+                              else int(torch.randint(2**62, ()).item()))
+        self.eval()
+        results = []
+        with torch.no_grad():
+            for start in range(0, x_all.shape[0], batch_size):
+                lens = batch.lengths[start:start + batch_size]
+                x = x_all[start:start + batch_size, : int(lens.max())].transpose(0, 1)
+                K, (T, B, _) = n_samples, x.shape
+                xs = x.repeat(1, K, 1)  # (T, K*B, D), sample-major within the batch axis
+                mu, logvar = self.encoder(xs)
+                z = self.reparameterize(mu, logvar, generator)
+                mask = hmm_inference.valid_mask(lens.repeat(K), T).T.to(x.dtype)
+                log_px = (gaussian_log_prob(xs, self.decoder(z), self.recon_logvar) * mask).sum(0)
+                log_q = (gaussian_log_prob(z, mu, logvar) * mask).sum(0)
+                markov = self.rnn(z.transpose(0, 1))
+                _, log_pz = hmm_inference.forward(markov.start, markov.transitions,
+                                                  markov.emissions, lens.repeat(K))
+                log_w = (log_px + log_pz - log_q).view(K, B)
+                results.append(torch.logsumexp(log_w, 0) - math.log(K))
+        return torch.cat(results).cpu().numpy()
+
+    def score(self, X, lengths=None, **kwargs) -> float:
+        """Sum over sequences of the importance-weighted bound (HiddenMarkov's convention)."""
+        return float(self.log_likelihoods(X, lengths, **kwargs).sum())
