@@ -72,6 +72,7 @@ class MMTConfig:
     n_drafts: int = 4
     n_blocks: int = 2
     top_p: float = 0.9
+    min_variance: float = 1e-6
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -87,6 +88,8 @@ class MMTConfig:
             object.__setattr__(self, "vocab_size",
                                check_positive_int(self.vocab_size, name="vocab_size",
                                                   minimum=2))
+        if not self.min_variance > 0:
+            raise ValueError(f"min_variance must be > 0, got {self.min_variance}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.dtype not in ("float32", "float64"):
@@ -452,12 +455,13 @@ class MultiMixtureTransformer(nn.Module):
     @torch.no_grad()
     def _calibrate_noise(self, batch: SequenceBatch) -> None:
         """recon_logvar <- log of the mean squared reconstruction error per feature (at the
-        posterior means), the maximum-likelihood Gaussian noise for the trained decoder."""
+        posterior means), the maximum-likelihood Gaussian noise for the trained decoder,
+        floored at min_variance."""
         x = padded(batch).transpose(0, 1)
         mask = hmm_inference.valid_mask(batch.lengths, x.shape[0]).T.unsqueeze(-1)
         residual = (self.decoder(self.encoder(x)[0]) - x) ** 2 * mask
         variance = residual.sum((0, 1)) / mask.sum()
-        self.recon_logvar.copy_(variance.clamp_min(1e-6).log())
+        self.recon_logvar.copy_(variance.clamp_min(self.config.min_variance).log())
 
     def log_likelihoods(self, X, lengths=None, *, n_samples: int = 64, random_state=0,
                         batch_size: int = 64) -> np.ndarray:
