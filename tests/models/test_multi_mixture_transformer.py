@@ -221,3 +221,17 @@ def test_bad_input():
         m(torch.full((2, 2, 3), float("nan")))
     with pytest.raises(ValueError, match="tgt must be"):
         m(torch.randn(5, 2, 3), tgt=torch.randn(5, 3, 3))
+
+
+def test_fit_with_targets_trains_the_transformer_toward_them():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(16, 6, 3)).astype(np.float32)
+    tgt = (X[..., :2] * 2.0).astype(np.float32)  # a learnable map of the inputs
+    m = model(output_dim=2)
+    before = m.transformer.output_proj.weight.detach().clone()
+    m.fit(X, tgt=tgt, epochs=5, random_state=0, validation_split=0.0)
+    assert not torch.equal(before, m.transformer.output_proj.weight)
+    with pytest.raises(ValueError, match="one target per input step"):
+        model(output_dim=2).fit(X, tgt=tgt[:, :4], epochs=1)
+    brain = Cerebrum()
+    brain.fit_and_add(X, "mmm", tgt=tgt, output_dim=2, epochs=1, random_state=0, **SMALL)

@@ -184,3 +184,8 @@ def test_bad_input():
         model.fit(bad, epochs=1)
     with pytest.raises(ValueError, match="validation_split"):
         model.fit(np.zeros((2, 4, 2)), epochs=1, validation_split=1.5)
+
+
+def test_targets_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="tgt is not supported by the VRMGT"):
+        VRMGT(input_dim=2, **SMALL).fit(np.zeros((2, 3, 2)), tgt=np.zeros((2, 3, 2)))

@@ -255,14 +255,22 @@ class MultiMixtureTransformer(nn.Module):
         return float(loss.detach())
 
     # the trainer's interface (batch-first padded batches)
-    def training_loss(self, x, lengths, kl_weight, generator=None) -> torch.Tensor:
+    def _split_targets(self, x):
+        """The trainer's batches carry [x, tgt] side by side when fitted with targets."""
         seq = x.transpose(0, 1)
-        outputs = self(seq, None, lengths, generator)
-        return self.loss(seq, outputs, None, kl_weight) + self.rule_loss()
+        D = self.config.input_dim
+        if seq.shape[-1] == D:
+            return seq, None
+        return seq[..., :D], seq[..., D:]
+
+    def training_loss(self, x, lengths, kl_weight, generator=None) -> torch.Tensor:
+        seq, tgt = self._split_targets(x)
+        outputs = self(seq, tgt, lengths, generator)
+        return self.loss(seq, outputs, tgt, kl_weight) + self.rule_loss()
 
     def validation_loss(self, x, lengths, generator=None) -> torch.Tensor:
-        seq = x.transpose(0, 1)
-        return self.loss(seq, self(seq, None, lengths, generator), None, 1.0)
+        seq, tgt = self._split_targets(x)
+        return self.loss(seq, self(seq, tgt, lengths, generator), tgt, 1.0)
 
     # ------------------------------------------------------------------ inference
 
@@ -436,21 +444,39 @@ class MultiMixtureTransformer(nn.Module):
                                  dtype=param.dtype, device=param.device,
                                  owner=f"this {type(self).__name__}")
 
-    def fit(self, X, lengths=None, *, epochs: int = 100, lr: float = 1e-3,
+    def fit(self, X, lengths=None, *, tgt=None, epochs: int = 100, lr: float = 1e-3,
             batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
             kl_anneal_epochs: int = 0, validation_split: float = 0.1,
             patience: int | None = 10, random_state=None, verbose: bool = False):
         """Train on sequences (any form HiddenMarkov takes, batch-first) with seed 000's loss
         and rules; then set the reconstruction noise to its maximum-likelihood value so that
-        `log_likelihoods` scores a proper density. Returns self; `history_` per epoch."""
+        `log_likelihoods` scores a proper density. With `tgt`, a (B, T, output_dim) target
+        per input step, the transformer is trained too (teacher forced, MSE). Returns self;
+        `history_` per epoch."""
         batch = self._batch(X, lengths)
+        if tgt is not None:
+            batch = self._with_targets(batch, tgt)
         self.history_ = train_sequences(
             self, batch, epochs=epochs, lr=lr, batch_size=batch_size, clip_norm=clip_norm,
             weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
             validation_split=validation_split, patience=patience, random_state=random_state,
             verbose=verbose)
-        self._calibrate_noise(batch)
+        self._calibrate_noise(SequenceBatch(batch.X[:, :self.config.input_dim],
+                                            batch.lengths))
         return self
+
+    def _with_targets(self, batch: SequenceBatch, tgt) -> SequenceBatch:
+        """The frames of X with their targets alongside, (N, D + O)."""
+        param = self.pred_weights
+        targets = as_sequence_batch(tgt, batch.lengths.cpu().numpy()
+                                    if np.ndim(tgt) == 2 else None,
+                                    n_features=self.config.output_dim, dtype=param.dtype,
+                                    device=param.device, owner="tgt (output_dim)")
+        if not torch.equal(targets.lengths, batch.lengths):
+            raise ValueError(f"tgt must have one target per input step: its lengths "
+                             f"{targets.lengths.tolist()} differ from X's "
+                             f"{batch.lengths.tolist()}")
+        return SequenceBatch(torch.cat([batch.X, targets.X], 1), batch.lengths)
 
     @torch.no_grad()
     def _calibrate_noise(self, batch: SequenceBatch) -> None:

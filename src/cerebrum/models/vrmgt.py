@@ -209,14 +209,20 @@ class VariationalRecurrentMarkovGaussianTransformer(nn.Module):
         """Sum over sequences of the importance-weighted bound (HiddenMarkov's convention)."""
         return float(self.log_likelihoods(X, lengths, **kwargs).sum())
 
-    def fit(self, X, lengths=None, *, epochs: int = 100, lr: float = 1e-3,
+    def fit(self, X, lengths=None, *, tgt=None, epochs: int = 100, lr: float = 1e-3,
             batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
             kl_anneal_epochs: int = 0, validation_split: float = 0.1,
             patience: int | None = 10, random_state=None, verbose: bool = False):
         """Train on sequences (any form HiddenMarkov takes) by maximising the ELBO; returns
         self. `history_` holds train_loss / val_loss (negative ELBO per frame), kl_weight and
         grad_norm per epoch; with a validation split, the weights of the best validation
-        epoch are kept (early stopping after `patience` epochs without improvement)."""
+        epoch are kept (early stopping after `patience` epochs without improvement).
+        `tgt` (seed 001's target for conditional models) is refused: the VRMGT is a density
+        model of its inputs; the MultiMixtureTransformer takes targets."""
+        if tgt is not None:
+            raise ValueError("tgt is not supported by the VRMGT, a density model of its input "
+                             "sequences; the MultiMixtureTransformer (Cerebrum "
+                             "model_type='mmm') trains a transformer toward targets")
         batch = self._batch(X, lengths)
         self.history_ = train_sequences(
             self, batch, epochs=epochs, lr=lr, batch_size=batch_size, clip_norm=clip_norm,
