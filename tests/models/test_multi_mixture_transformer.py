@@ -197,7 +197,7 @@ def test_seed000_examples_3_and_4(tmp_path):
 
     assert x_next.shape == (2, 16) and reconstructed.shape == (2, 16)
     assert gen_seq.shape == (10, 2, 16) and logits.shape == (2, 8, 50)
-    assert np.isfinite(loss) and float(entropy_penalty) >= 0
+    assert np.isfinite(loss) and float(entropy_penalty.detach()) >= 0
     assert ids_map == {mmm_id: "mmm"}
     assert new_brain.models[mmm_id].rules["pred_balance"] == ["pred", 0.5, 10.0]
 
