@@ -53,7 +53,8 @@ def model_record(model: nn.Module, prefix: str, tensors: dict) -> dict:
             "cerebrum.brain.registry.register"
         )
     for name, value in model.state_dict().items():
-        tensors[f"{prefix}.{name}"] = value.detach().cpu().contiguous()
+        # a copy each: tied weights share storage, which safetensors refuses to write
+        tensors[f"{prefix}.{name}"] = value.detach().cpu().clone()
     return {
         "family": family.name,
         "config": dataclasses.asdict(family.config_of(model)),
@@ -103,9 +104,15 @@ def write_file(path, kind: str, record: dict, tensors: dict) -> Path:
     """Atomically write one object (`kind` in KINDS) as a Cerebrum file; returns the path."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    path = Path(path)
     header = {"format": FORMAT, "version": VERSION, "kind": kind, "record": record}
-    payload = save_safetensors(tensors, metadata={FORMAT: json.dumps(header)})
+    return write_bytes_atomically(
+        path, save_safetensors(tensors, metadata={FORMAT: json.dumps(header)}))
+
+
+def write_bytes_atomically(path, payload: bytes) -> Path:
+    """Write `payload` to `path` through a temporary file in the same directory, fsynced and
+    renamed over the target: readers see the old file or the new one, never a part."""
+    path = Path(path)
     directory = path.resolve().parent
     if not directory.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: directory {directory} does not exist")

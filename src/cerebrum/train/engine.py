@@ -1,0 +1,406 @@
+"""The training engine of the neural families.
+
+AdamW with decay / no-decay parameter groups (matrices decay; biases, norms and embeddings'
+gains do not), linear warm-up then cosine decay to `min_lr_ratio * lr`, gradient clipping,
+gradient accumulation, mixed precision (bf16 autocast on CUDA where supported, fp16 with a
+gradient scaler on older CUDA, full precision on CPU unless asked), optional `torch.compile`,
+evaluation every N steps, checkpoints every N steps with exact resume, a clean checkpoint on
+SIGINT / SIGTERM, a progress bar with loss and tokens/s, a JSONL metrics log and an `.npz` of
+the curves at the end. Under torchrun (WORLD_SIZE > 1) it runs data-parallel (DDP; gloo on CPU,
+nccl on CUDA): every process draws the same global batch and keeps its share, so the loss
+curve follows the single-process one.
+
+A family hooks in with a loss function `loss_fn(model, batch) -> (loss, metrics dict)` and may
+split training into `Phase`s (seed 002's autoencoder then LM, seed 004's stages), run in order
+with a checkpoint at the end of each.
+
+Checkpoints are single safetensors files (no pickle): model and optimiser tensors, RNG states,
+and a JSON header with the step, the phase, the data position, the scheduler and the curves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+from tqdm.auto import tqdm
+
+from cerebrum.brain.persistence import write_bytes_atomically
+from cerebrum.exceptions import CerebrumFileError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHECKPOINT_FORMAT = "cerebrum-checkpoint"
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """How to train (shared by every family; the model's own config is separate)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int = 128
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    clip_norm: float = 1.0
+    precision: str = "auto"
+    compile: bool = False
+    eval_every: int = 250
+    eval_batches: int = 8
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every",
+                     "eval_batches", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("lr", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision!r}")
+
+
+@dataclass
+class Phase:
+    """A stretch of training with its own loss (and optionally its own trainable part)."""
+
+    name: str
+    steps: int
+    loss_fn: Callable | None = None  # None: the Trainer's loss_fn
+
+
+def lr_at(step: int, config: TrainConfig, total: int) -> float:
+    """Linear warm-up over warmup_steps, then cosine from lr to min_lr_ratio * lr."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Matrices (dim >= 2) decay; vectors and scalars (biases, norm gains) do not."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 on CUDA where supported, else fp16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs CUDA (its gradient scaler); use bf16 or fp32")
+    return precision
+
+
+class Trainer:
+    """Runs training (see the module docstring).
+
+    Args:
+        model: the nn.Module (its parameters' device is the training device).
+        loss_fn: (model, batch) -> (scalar loss, {name: float}) for one micro-batch.
+        batches: an iterator of batches with state_dict / load_state_dict (TokenBatches).
+        config: TrainConfig.
+        out_dir: where checkpoints, metrics.jsonl and curves.npz go (None: nowhere).
+        evaluate: optional () -> {name: float}, run every eval_every steps and at the end.
+        phases: optional list of Phase; their steps replace config.steps.
+        extra_state: optional () -> dict of JSON-able values saved in checkpoints (the
+            family's config, tokenizer...), for whoever loads them.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, batches, config: TrainConfig, *,
+                 out_dir=None, evaluate: Callable | None = None,
+                 phases: list[Phase] | None = None, extra_state: Callable | None = None,
+                 verbose: bool = True):
+        self.model, self.loss_fn, self.batches, self.config = model, loss_fn, batches, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.evaluate, self.extra_state, self.verbose = evaluate, extra_state, verbose
+        self.phases = phases or [Phase("train", config.steps)]
+        self.total_steps = sum(p.steps for p in self.phases)
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(config.precision, self.device)
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.net = model
+        if self.distributed:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(model, config.weight_decay), lr=config.lr,
+            betas=(config.beta1, config.beta2), fused=self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.step = 0
+        self.curves: dict[str, list] = {"step": [], "loss": [], "lr": [], "tokens_per_s": []}
+        self.eval_curves: dict[str, list] = {"step": []}
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ the loop
+
+    def _autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def _phase_at(self, step: int) -> Phase:
+        for phase in self.phases:
+            if step < phase.steps:
+                return phase
+            step -= phase.steps
+        return self.phases[-1]
+
+    def _train_step(self, phase: Phase) -> tuple[float, int]:
+        loss_fn = phase.loss_fn or self.loss_fn
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.config, self.total_steps)
+        total, tokens = 0.0, 0
+        for micro in range(self.config.grad_accum):
+            batch = next(self.batches).to(self.device, non_blocking=True)
+            tokens += batch.numel()
+            sync = (contextlib.nullcontext() if not self.distributed
+                    or micro == self.config.grad_accum - 1 else self.net.no_sync())
+            with sync, self._autocast():
+                loss, _ = loss_fn(self.net, batch)
+            self.scaler.scale(loss / self.config.grad_accum).backward()
+            total += float(loss.detach()) / self.config.grad_accum
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.distributed:  # report the global batch's loss
+            value = torch.tensor([total], device=self.device)
+            dist.all_reduce(value)
+            total = float(value) / self.world_size
+        return total, tokens * self.world_size
+
+    def run(self, *, resume: bool = False) -> dict:
+        """Train to the end (or until SIGINT / SIGTERM); returns the curves."""
+        if resume:
+            self.load_checkpoint(self.latest_checkpoint())
+        handlers = self._install_signal_handlers()
+        progress = tqdm(total=self.total_steps, initial=self.step, disable=not (
+            self.verbose and self.rank == 0), desc="train", dynamic_ncols=True)
+        try:
+            self.model.train()
+            start = time.perf_counter()
+            while self.step < self.total_steps:
+                phase = self._phase_at(self.step)
+                loss, tokens = self._train_step(phase)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss} at step {self.step + 1}; "
+                                             "lower lr or check the data")
+                self.step += 1
+                elapsed, start = time.perf_counter() - start, time.perf_counter()
+                self._record(loss, tokens / max(elapsed, 1e-9))
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / elapsed:,.0f}",
+                                     phase=phase.name)
+                if self.evaluate is not None and self.step % self.config.eval_every == 0:
+                    self._run_evaluation()
+                end_of_phase = self._phase_at(self.step - 1) is not self._phase_at(self.step)
+                if (self.step % self.config.checkpoint_every == 0 or end_of_phase
+                        or self._stop_requested):
+                    self.save_checkpoint()
+                if self._stop_requested:
+                    break
+            else:
+                if self.evaluate is not None and self.step % self.config.eval_every:
+                    self._run_evaluation()
+                self.save_checkpoint()
+        finally:
+            progress.close()
+            self._restore_signal_handlers(handlers)
+        self._write_curves()
+        return {"train": self.curves, "eval": self.eval_curves,
+                "interrupted": self._stop_requested}
+
+    def _record(self, loss: float, tokens_per_s: float) -> None:
+        self.curves["step"].append(self.step)
+        self.curves["loss"].append(loss)
+        self.curves["lr"].append(self.optimizer.param_groups[0]["lr"])
+        self.curves["tokens_per_s"].append(tokens_per_s)
+        if self.step % self.config.log_every == 0:
+            self._log({"step": self.step, "loss": loss, "lr": self.curves["lr"][-1],
+                       "tokens_per_s": tokens_per_s})
+
+    def _run_evaluation(self) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self.evaluate()
+        self.model.train(was_training)
+        self.eval_curves["step"].append(self.step)
+        for name, value in metrics.items():
+            self.eval_curves.setdefault(name, []).append(float(value))
+        self._log({"step": self.step, **{f"eval/{k}": float(v) for k, v in metrics.items()}})
+
+    def _log(self, record: dict) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with (self.out_dir / "metrics.jsonl").open("a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def _write_curves(self) -> None:
+        if self.out_dir is None or self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        arrays = {f"train_{k}": np.asarray(v) for k, v in self.curves.items()}
+        arrays.update({f"eval_{k}": np.asarray(v) for k, v in self.eval_curves.items()})
+        np.savez(self.out_dir / "curves.npz", **arrays)
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self):
+        def request_stop(signum, frame):
+            self._stop_requested = True
+
+        saved = {}
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                saved[sig] = signal.signal(sig, request_stop)
+        return saved
+
+    @staticmethod
+    def _restore_signal_handlers(saved) -> None:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def latest_checkpoint(self) -> Path:
+        if self.out_dir is None:
+            raise ValueError("resume needs an out_dir")
+        return latest_checkpoint(self.out_dir)
+
+    def save_checkpoint(self) -> Path | None:
+        """Write out_dir/checkpoint-<step>.safetensors (rank 0 only) and return its path."""
+        if self.out_dir is None or self.rank != 0:
+            return None
+        tensors = {f"model.{k}": v.detach().cpu().clone()  # tied weights: one copy each
+                   for k, v in self.model.state_dict().items()}
+        optim = self.optimizer.state_dict()
+        for pid, state in optim["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        header = {
+            "format": CHECKPOINT_FORMAT, "version": 1, "step": self.step,
+            "phase": self._phase_at(min(self.step, self.total_steps - 1)).name,
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} | {
+                "params": g["params"]} for g in optim["param_groups"]],
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "data": self.batches.state_dict(), "config": dataclasses.asdict(self.config),
+            "curves": self.curves, "eval_curves": self.eval_curves,
+            "extra": self.extra_state() if self.extra_state else None,
+        }
+        path = self.out_dir / f"checkpoint-{self.step:08d}.safetensors"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomically(path, save_safetensors(
+            tensors, metadata={CHECKPOINT_FORMAT: json.dumps(header)}))
+        return path
+
+    def load_checkpoint(self, path) -> None:
+        """Restore everything a checkpoint holds (see save_checkpoint)."""
+        header, tensors = read_checkpoint(path)
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as err:
+            raise CerebrumFileError(f"{path} does not fit this model: {err}") from None
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = value.to(self.device)
+        self.optimizer.load_state_dict({"state": state, "param_groups": header["param_groups"]})
+        if header.get("scaler"):
+            self.scaler.load_state_dict(header["scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
+        self.batches.load_state_dict(header["data"])
+        self.step = int(header["step"])
+        self.curves, self.eval_curves = header["curves"], header["eval_curves"]
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """(header, tensors) of a checkpoint file, with clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    data = path.read_bytes()
+    try:
+        tensors = load_safetensors(data)
+        (size,) = struct.unpack("<Q", data[:8])
+        header = json.loads(json.loads(data[8:8 + size])["__metadata__"][CHECKPOINT_FORMAT])
+    except (SafetensorError, ValueError, KeyError, TypeError, struct.error) as err:
+        raise CerebrumFileError(f"{path} is not a readable checkpoint (truncated, corrupted "
+                                f"or not a Cerebrum checkpoint): {err}") from None
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise CerebrumFileError(f"{path} is not a Cerebrum checkpoint")
+    return header, tensors
+
+
+def latest_checkpoint(run_dir) -> Path:
+    """The newest checkpoint file of a run directory."""
+    run_dir = Path(run_dir)
+    found = sorted(run_dir.glob("checkpoint-*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    return found[-1]
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); (rank, world)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
