@@ -1,6 +1,7 @@
 """The training engine: schedule, exact resume (also after SIGINT), DDP equals one process,
 checkpoint errors, logs."""
 
+import itertools
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from cerebrum import CerebrumFileError
 from cerebrum.data import ByteTokenizer, Corpus
 from cerebrum.models.gpt import GPT
 from cerebrum.train.batches import TokenBatches
-from cerebrum.train.engine import Trainer, TrainConfig, lr_at, read_checkpoint
+from cerebrum.train.engine import TrainConfig, Trainer, lr_at, read_checkpoint
 from cerebrum.train.lm import next_token_loss
 
 
@@ -46,7 +47,7 @@ def test_warmup_then_cosine():
     rates = [lr_at(s, config, 20) for s in range(20)]
     assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
     assert rates[4] == pytest.approx(1.0) and rates[-1] > 0.1
-    assert all(a >= b for a, b in zip(rates[4:], rates[5:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates[4:]))
     assert lr_at(20, config, 20) == pytest.approx(0.1)
 
 
