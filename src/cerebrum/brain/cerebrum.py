@@ -153,6 +153,15 @@ class Cerebrum(nn.Module):
 
         return self._select_data(model_id, per_unit, data_ids)
 
+    def generate(self, model_id, prompt, **kwargs):
+        """Continue a text prompt with a language model (see its `generate` for the options:
+        max_new_tokens, temperature, top_k, top_p, random_state)."""
+        entry = self._entry(model_id)
+        if not hasattr(entry, "generate") or isinstance(entry, ModelStore):
+            raise TypeError(f"model {model_id!r} ({type(entry).__name__}) does not generate "
+                            "text")
+        return entry.generate(prompt, **kwargs)
+
     def check_data(self) -> dict:
         """{model_id: family name} for single models, {model_id: {data_id: family}} for
         manager entries, and the class name for modules of no registered family."""
@@ -179,6 +188,9 @@ class Cerebrum(nn.Module):
             if family is None:
                 raise TypeError(f"model {label!r} ({type(model).__name__}) is not of a "
                                 "registered family, so it cannot be scored")
+            if family.sequence_log_likelihoods is None:
+                raise TypeError(f"model {label!r} (family {family.name!r}) has no sequence "
+                                "log-likelihood to compare; choose others with model_ids")
         return found
 
     def classify(self, X, model_ids=None, lengths=None):

@@ -36,7 +36,8 @@ class Family:
         summary_attributes: fitted attributes (plain Python values) stored with the model.
         sequence_log_likelihoods: (model, X (N, D), lengths (B,)) -> (B,) NumPy log p of each
             sequence, in nats; what `classify` compares across families. A family documents
-            what the number is (exact, or a bound).
+            what the number is (exact, or a bound); None when it has no such number (language
+            models of text).
         log_likelihoods: (model, X, **kw) -> NumPy, the family's per-sample or per-sequence
             log-likelihoods (the managers' `get_log_likelihoods`).
         infer_config: (data, given fields) -> fields completed from the data (n_features, ...).
@@ -52,7 +53,7 @@ class Family:
     build: Callable[[Any], nn.Module]
     config_of: Callable[[nn.Module], Any]
     fit: Callable[..., None]
-    sequence_log_likelihoods: Callable[[nn.Module, Any, Any], np.ndarray]
+    sequence_log_likelihoods: Callable[[nn.Module, Any, Any], np.ndarray] | None
     log_likelihoods: Callable[..., np.ndarray]
     infer_config: Callable[[Any, dict], dict]
     managed: bool = False
