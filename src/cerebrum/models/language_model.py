@@ -90,11 +90,13 @@ class GPTLanguageModel(nn.Module):
             seq_len: int | None = None,
             lr: float = 3e-3, warmup_steps: int = 100, weight_decay: float = 0.1,
             clip_norm: float = 1.0, grad_accum: int = 1, precision: str = "auto",
-            compile: bool = False, eval_every: int = 250, checkpoint_every: int = 500,
+            compile: bool = False, eval_every: int | None = 250,
+            checkpoint_every: int = 500,
             out_dir=None, resume: bool = False, random_state: int = 0,
             verbose: bool = False):
         """Train on a corpus (a Corpus, paths, or None for the default corpus) with the shared
-        engine; `history_` gets the curves (and held-out bits per byte when evaluating)."""
+        engine; `history_` gets the curves and, every `eval_every` steps and at the end (None:
+        never), bits per byte on up to 8 documents of the corpus's validation split."""
         corpus = as_corpus(corpus)
         if self.tokenizer is None:
             docs = (d.text for _, d in zip(range(BPE_TRAINING_DOCUMENTS),
@@ -108,7 +110,7 @@ class GPTLanguageModel(nn.Module):
         config = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
                              warmup_steps=warmup_steps, weight_decay=weight_decay,
                              clip_norm=clip_norm, grad_accum=grad_accum, precision=precision,
-                             compile=compile, eval_every=eval_every,
+                             compile=compile, eval_every=eval_every or steps,
                              checkpoint_every=checkpoint_every, seed=random_state)
         batches = TokenBatches(corpus, self.tokenizer, batch_size=batch_size, seq_len=seq_len,
                                seed=random_state)
@@ -121,7 +123,7 @@ class GPTLanguageModel(nn.Module):
                 else {}
 
         trainer = Trainer(self.gpt, next_token_loss, batches, config, out_dir=out_dir,
-                          evaluate=evaluate, verbose=verbose,
+                          evaluate=evaluate if eval_every else None, verbose=verbose,
                           extra_state=lambda: {"model": vars(self.config),
                                                "tokenizer": self.tokenizer_state_})
         self.history_ = trainer.run(resume=resume)
