@@ -26,6 +26,21 @@ from cerebrum.mixtures._sequences import SequenceBatch
 from cerebrum.mixtures._validation import check_positive_int
 
 
+def seeded_generator(random_state, device) -> torch.Generator:
+    """A generator on `device` seeded by random_state (fresh entropy when None)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(torch.randint(2**62, ()).item()) if random_state is None
+                          else int(random_state))
+    return generator
+
+
+def normalise_positive_ints(config, names) -> None:
+    """Check that each named field of a frozen config is an integer >= 1 and store it as a
+    plain int (so the config is JSON as it stands)."""
+    for name in names:
+        object.__setattr__(config, name, check_positive_int(getattr(config, name), name=name))
+
+
 def kl_weight(epoch: int, kl_anneal_epochs: int) -> float:
     """The KL term's weight in epoch `epoch` (0-based): min(1, epoch / kl_anneal_epochs)."""
     return 1.0 if kl_anneal_epochs <= 0 else min(1.0, epoch / kl_anneal_epochs)
@@ -61,9 +76,7 @@ def train_sequences(model: nn.Module, batch: SequenceBatch, *, epochs: int, lr: 
     check_training_settings(epochs, lr, batch_size, clip_norm, weight_decay,
                             validation_split, patience, kl_anneal_epochs)
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(torch.randint(2**62, ()).item()) if random_state is None
-                          else int(random_state))
+    generator = seeded_generator(random_state, device)
     x_all = padded(batch)
     lengths = batch.lengths
     B = x_all.shape[0]

@@ -35,7 +35,12 @@ from torch import nn
 from cerebrum.mixtures import hmm_inference
 from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
 from cerebrum.mixtures._validation import check_positive_int
-from cerebrum.models._training import padded, train_sequences
+from cerebrum.models._training import (
+    normalise_positive_ints,
+    padded,
+    seeded_generator,
+    train_sequences,
+)
 from cerebrum.nn.coders import LOGVAR_RANGE, MixtureDecoder, gaussian_kl, gaussian_log_prob, mlp
 from cerebrum.nn.transformer import TimeSeriesTransformer, check_heads
 
@@ -58,9 +63,9 @@ class VRMGTConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("input_dim", "hidden_dim", "z_dim", "rnn_hidden", "num_states", "n_mix",
-                     "trans_d_model", "trans_nhead", "trans_layers"):
-            object.__setattr__(self, name, check_positive_int(getattr(self, name), name=name))
+        normalise_positive_ints(self, (
+            "input_dim", "hidden_dim", "z_dim", "rnn_hidden", "num_states", "n_mix",
+            "trans_d_model", "trans_nhead", "trans_layers"))
         check_heads(self.trans_d_model, self.trans_nhead)
         output_dim = self.input_dim if self.output_dim is None else self.output_dim
         if output_dim != self.input_dim:
@@ -189,9 +194,7 @@ class VariationalRecurrentMarkovGaussianTransformer(nn.Module):
         check_positive_int(n_samples, name="n_samples")
         batch = self._batch(X, lengths)
         x_all = padded(batch)
-        generator = torch.Generator(device=x_all.device)
-        generator.manual_seed(int(random_state) if random_state is not None
-                              else int(torch.randint(2**62, ()).item()))
+        generator = seeded_generator(random_state, x_all.device)
         self.eval()
         results = []
         per_chunk = max(1, batch_size)
