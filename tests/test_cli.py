@@ -138,7 +138,8 @@ def test_brain_verb_errors_are_one_line(workdir, capsys, argv, message):
     assert not (workdir / "x.cbm").exists()
 
 
-@pytest.mark.parametrize("verb", ["fit", "score", "classify", "info", "sample", "demo"])
+@pytest.mark.parametrize("verb", ["fit", "score", "classify", "info", "sample", "train", "eval",
+                                  "generate", "demo"])
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([verb, "--help"])
@@ -156,3 +157,54 @@ def test_demo_identification_beats_chance_and_reports_every_method():
         if row["method"].startswith("Cerebrum"):
             assert row["accuracy"] > 0.6  # ten classes: chance is 0.1
     assert "accuracy" in demo.format_identification_table(rows)
+
+
+# ---------------------------------------------------------------------------- language models
+
+
+@pytest.fixture
+def text_corpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(300):  # enough that the 1% validation split holds a few documents
+        (corpus / f"f{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 3)
+    (tmp_path / "cfg.toml").write_text(
+        'n_layer = 1\nn_embd = 32\nn_head = 2\nblock_size = 64\nseq_len = 32\n'
+        'batch_size = 4\nwarmup_steps = 2\ncheckpoint_every = 4\neval_every = 4\n')
+    return tmp_path
+
+
+def test_train_eval_generate_and_resume(text_corpus, capsys):
+    assert cli.main(["train", "gpt", "--corpus", "corpus", "--config", "cfg.toml",
+                     "--steps", "4", "--out", "run", "--set", "lr=0.01",
+                     "--set", "verbose=false"]) == 0
+    assert "done: step 4" in capsys.readouterr().out
+    assert sorted(p.name for p in (text_corpus / "run").glob("checkpoint-*")) == [
+        "checkpoint-00000004.safetensors"]
+    assert cli.main(["eval", "run", "--corpus", "corpus"]) == 0
+    bpb = float(capsys.readouterr().out.split()[0])
+    assert 0 < bpb < 9
+    assert cli.main(["generate", "run", "--prompt", "def f", "-n", "8",
+                     "--temperature", "0"]) == 0
+    assert len(capsys.readouterr().out.rstrip("\n")) > 0  # 8 generated tokens, printed
+    assert cli.main(["train", "gpt", "--corpus", "corpus", "--config", "cfg.toml",
+                     "--steps", "6", "--out", "run", "--resume", "--set", "lr=0.01",
+                     "--set", "verbose=false"]) == 0
+    assert "done: step 6" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "gpt", "--set", "n_layers=2"], "unknown argument n_layers"),
+    (["train", "gmm"], "does not train on text corpora"),
+    (["train", "gpt", "--corpus", "missing/*.txt", "--steps", "1", "--set", "verbose=false"],
+     "matches no file"),
+    (["train", "gpt", "--config", "nothere.json"], "no such config file"),
+    (["eval", "nowhere"], "no such checkpoint: nowhere"),
+    (["generate", "broken.safetensors", "--prompt", "x"], "not a readable checkpoint"),
+])
+def test_language_model_verb_errors(text_corpus, capsys, argv, message):
+    (text_corpus / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -237,14 +237,172 @@ def _run_sample(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- language models
+
+_TRAINABLE_ON_TEXT = ("gpt",)
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a language model on a text corpus",
+        description="Train a language-model family on a corpus (default: the Python standard "
+        "library of this interpreter). Settings are the family's model and fit arguments, from "
+        "--config (TOML or JSON) and --set KEY=VALUE (later wins). Checkpoints go to --out.")
+    parser.add_argument("family", help="the family to train (gpt)")
+    parser.add_argument("--corpus", action="append", metavar="[NAME=]PATH",
+                        help="a file, directory, glob or .jsonl (repeatable); NAME= puts it in "
+                        "a named subset")
+    parser.add_argument("--subset", action="append", metavar="NAME=WEIGHT",
+                        help="sampling weight of a named subset (repeatable)")
+    parser.add_argument("--config", metavar="FILE", help="a TOML or JSON file of settings")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
+                        help="one setting (repeatable); VALUE is read as JSON when it parses")
+    parser.add_argument("--steps", type=int, help="training steps (same as --set steps=N)")
+    parser.add_argument("--out", default="runs/latest", help="run directory (checkpoints, "
+                        "metrics.jsonl, curves.npz)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in --out")
+    parser.set_defaults(handler=_run_train)
+
+
+def _corpus_from(args):
+    from cerebrum.data import Corpus
+
+    if not args.corpus:
+        return None
+    subsets: dict[str, list[str]] = {}
+    for item in args.corpus:
+        name, _, path = item.rpartition("=") if "=" in item else ("main", "", item)
+        subsets.setdefault(name or "main", []).append(path)
+    weights = {}
+    for item in args.subset or []:
+        name, sep, weight = item.partition("=")
+        try:
+            weights[name] = float(weight)
+        except ValueError:
+            raise ValueError(f"--subset expects NAME=WEIGHT, got {item!r}") from None
+        if not sep:
+            raise ValueError(f"--subset expects NAME=WEIGHT, got {item!r}")
+    return Corpus(subsets, weights)
+
+
+def _read_settings(args) -> dict:
+    import json
+
+    settings: dict = {}
+    if args.config:
+        from pathlib import Path
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such config file: {path}")
+        text = path.read_text()
+        if path.suffix == ".toml":
+            import tomllib
+
+            settings.update(tomllib.loads(text))
+        else:
+            settings.update(json.loads(text))
+    for item in args.overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    return settings
+
+
+def _run_train(args) -> int:
+    from cerebrum.brain import registry
+    from cerebrum.models.language_model import GPTLanguageModel, from_checkpoint
+
+    family = registry.get(args.family)
+    if family.name not in _TRAINABLE_ON_TEXT:
+        raise ValueError(f"family {family.name!r} does not train on text corpora; text "
+                         f"families: {', '.join(_TRAINABLE_ON_TEXT)}")
+    config_fields, fit_kwargs = family.split_arguments(_read_settings(args))
+    for reserved in ("out_dir", "resume", "corpus"):
+        if reserved in fit_kwargs:
+            raise ValueError(f"set {reserved} with its own flag, not in the settings")
+    if args.resume:
+        model = from_checkpoint(args.out)
+    else:
+        model = GPTLanguageModel(family.make_config(config_fields))
+    fit_kwargs.setdefault("verbose", True)
+    model.fit(_corpus_from(args), out_dir=args.out, resume=args.resume, **fit_kwargs)
+    history = model.history_
+    last = history["train"]["loss"][-1] if history["train"]["loss"] else float("nan")
+    state = "interrupted" if history.get("interrupted") else "done"
+    print(f"{state}: step {history['train']['step'][-1]}, loss {last:.4f}, "
+          f"checkpoints in {args.out}")
+    return 0
+
+
+def _add_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="bits per byte of a trained language model on held-out text",
+        description="Bits per byte (see docs/language-models.md) of the model of RUN (a run "
+        "directory or a checkpoint file) on the validation split of the corpus (default: the "
+        "built-in corpus).")
+    parser.add_argument("run", metavar="RUN")
+    parser.add_argument("--corpus", action="append", metavar="[NAME=]PATH")
+    parser.add_argument("--subset", action="append", metavar="NAME=WEIGHT")
+    parser.add_argument("--max-documents", type=int, default=None,
+                        help="score at most this many held-out documents")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from cerebrum.data import default_corpus
+    from cerebrum.models.language_model import from_checkpoint
+
+    model = from_checkpoint(args.run)
+    corpus = _corpus_from(args) or default_corpus()
+    texts = [d.text for n, d in enumerate(corpus.documents("validation", shuffle=False))
+             if args.max_documents is None or n < args.max_documents]
+    if not texts:
+        raise ValueError("the corpus has no documents in its validation split")
+    print(f"{model.bits_per_byte(texts):.4f} bits per byte on {len(texts)} held-out documents")
+    return 0
+
+
+def _add_generate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="continue a prompt with a trained language model",
+        description="Print the continuation of --prompt by the model of RUN.")
+    parser.add_argument("run", metavar="RUN")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("-n", "--max-new-tokens", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="0 for greedy decoding")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.set_defaults(handler=_run_generate)
+
+
+def _run_generate(args) -> int:
+    from cerebrum.models.language_model import from_checkpoint
+
+    model = from_checkpoint(args.run)
+    print(model.generate(args.prompt, args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, random_state=args.seed))
+    return 0
+
+
 def _print_table(header, rows) -> None:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
     for row in (header, *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-#: Verbs in the order `--help` lists them; later issues add train, generate, ...
-COMMANDS = [_add_fit, _add_score, _add_classify, _add_info, _add_sample, _add_demo]
+#: Verbs in the order `--help` lists them.
+COMMANDS = [_add_fit, _add_score, _add_classify, _add_info, _add_sample, _add_train,
+            _add_eval, _add_generate, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

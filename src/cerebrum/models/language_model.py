@@ -15,9 +15,10 @@ from torch import nn
 
 from cerebrum.data.corpus import Corpus, default_corpus
 from cerebrum.data.tokenizers import BPETokenizer, ByteTokenizer, tokenizer_from_dict
+from cerebrum.exceptions import CerebrumFileError
 from cerebrum.models.gpt import GPT, GPTConfig
 from cerebrum.train.batches import TokenBatches
-from cerebrum.train.engine import TrainConfig, Trainer
+from cerebrum.train.engine import TrainConfig, Trainer, latest_checkpoint, read_checkpoint
 from cerebrum.train.lm import next_token_loss
 from cerebrum.train.metrics import bits_per_byte
 
@@ -124,7 +125,7 @@ class GPTLanguageModel(nn.Module):
 
         trainer = Trainer(self.gpt, next_token_loss, batches, config, out_dir=out_dir,
                           evaluate=evaluate if eval_every else None, verbose=verbose,
-                          extra_state=lambda: {"model": vars(self.config),
+                          extra_state=lambda: {"family": "gpt", "model": vars(self.config),
                                                "tokenizer": self.tokenizer_state_})
         self.history_ = trainer.run(resume=resume)
         return self
@@ -157,3 +158,25 @@ class GPTLanguageModel(nn.Module):
         if lengths is not None:
             raise ValueError("lengths does not apply to a language model's texts")
         return self.bits_per_byte(X)
+
+
+def from_checkpoint(run, device=None) -> GPTLanguageModel:
+    """The model of a training run: `run` is a run directory (its newest checkpoint) or a
+    checkpoint file written by `fit(out_dir=...)`."""
+    from pathlib import Path
+
+    path = latest_checkpoint(run) if Path(run).is_dir() else Path(run)
+    header, tensors = read_checkpoint(path)
+    extra = header.get("extra") or {}
+    if extra.get("family") != "gpt":
+        raise CerebrumFileError(f"{path} is a checkpoint of family {extra.get('family')!r}, "
+                                "not 'gpt'")
+    model = GPTLanguageModel(GPTLMConfig(**extra["model"]))
+    model.tokenizer_state_ = extra["tokenizer"]
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.gpt.load_state_dict(state)
+    except RuntimeError as err:
+        raise CerebrumFileError(f"{path}: the weights do not fit the saved config: {err}") from None
+    model.history_ = {"train": header.get("curves"), "eval": header.get("eval_curves")}
+    return model.to(device) if device is not None else model
