@@ -139,6 +139,7 @@ def test_brain_verb_errors_are_one_line(workdir, capsys, argv, message):
 
 
 @pytest.mark.parametrize("verb", ["fit", "score", "classify", "info", "sample", "train", "eval",
+                                  "export-hf",
                                   "generate", "demo"])
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -394,6 +394,25 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_export_hf(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export-hf", help="export a trained language model for Hugging Face Transformers",
+        description="Write the model of RUN (a run directory or a checkpoint file) to DIR, "
+        "loadable with transformers.AutoModelForCausalLM.from_pretrained(DIR, "
+        "trust_remote_code=True).")
+    parser.add_argument("run", metavar="RUN")
+    parser.add_argument("directory", metavar="DIR")
+    parser.set_defaults(handler=_run_export_hf)
+
+
+def _run_export_hf(args) -> int:
+    from cerebrum.hf import export_hf
+    from cerebrum.models.language_model import from_checkpoint
+
+    print(f"wrote {export_hf(from_checkpoint(args.run), args.directory)}")
+    return 0
+
+
 def _print_table(header, rows) -> None:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
     for row in (header, *rows):
@@ -402,7 +421,7 @@ def _print_table(header, rows) -> None:
 
 #: Verbs in the order `--help` lists them.
 COMMANDS = [_add_fit, _add_score, _add_classify, _add_info, _add_sample, _add_train,
-            _add_eval, _add_generate, _add_demo]
+            _add_eval, _add_generate, _add_export_hf, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
