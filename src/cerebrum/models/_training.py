@@ -41,6 +41,26 @@ def normalise_positive_ints(config, names) -> None:
         object.__setattr__(config, name, check_positive_int(getattr(config, name), name=name))
 
 
+def importance_weighted_bound(log_weights, batch: SequenceBatch, *, n_samples: int,
+                              random_state, batch_size: int) -> torch.Tensor:
+    """log (1/K) sum_k w_k per sequence (B,), computed in chunks of batch_size sequences.
+
+    log_weights(x (b, T, D) padded and trimmed, lengths (b,), K, generator) must return the
+    log importance weights log p(x, z_k) - log q(z_k | x) as (K, b)."""
+    check_positive_int(n_samples, name="n_samples")
+    check_positive_int(batch_size, name="batch_size")
+    x_all = padded(batch)
+    generator = seeded_generator(random_state, x_all.device)
+    results = []
+    with torch.no_grad():
+        for start in range(0, x_all.shape[0], batch_size):
+            lengths = batch.lengths[start:start + batch_size]
+            x = x_all[start:start + batch_size, : int(lengths.max())]
+            log_w = log_weights(x, lengths, n_samples, generator)
+            results.append(torch.logsumexp(log_w, 0) - math.log(n_samples))
+    return torch.cat(results)
+
+
 def kl_weight(epoch: int, kl_anneal_epochs: int) -> float:
     """The KL term's weight in epoch `epoch` (0-based): min(1, epoch / kl_anneal_epochs)."""
     return 1.0 if kl_anneal_epochs <= 0 else min(1.0, epoch / kl_anneal_epochs)

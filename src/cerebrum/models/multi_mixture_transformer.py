@@ -36,9 +36,9 @@ from cerebrum.mixtures import hmm_inference
 from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
 from cerebrum.mixtures._validation import check_positive_int
 from cerebrum.models._training import (
+    importance_weighted_bound,
     normalise_positive_ints,
     padded,
-    seeded_generator,
     train_sequences,
 )
 from cerebrum.nn.coders import (
@@ -498,29 +498,24 @@ class MultiMixtureTransformer(nn.Module):
         """Importance-weighted lower bound on log p(x) per sequence (B,), nats, NumPy, for
         the generative model p(z) = the RNN-HMM over latent paths, p(x_t | z_t) =
         N(decoder(z_t), exp(recon_logvar)), with the encoder as proposal."""
-        check_positive_int(n_samples, name="n_samples")
-        batch = self._batch(X, lengths)
-        x_all = padded(batch)
-        generator = seeded_generator(random_state, x_all.device)
+        def log_weights(x, lens, k, generator):
+            x = x.transpose(0, 1)  # (T, b, D), the seed's layout
+            T, B, _ = x.shape
+            xs = x.repeat(1, k, 1)  # (T, K*b, D), sample-major along the batch axis
+            mu, logvar = self.encoder(xs)
+            z = self.reparameterize(mu, logvar, generator)
+            mask = hmm_inference.valid_mask(lens.repeat(k), T).T.to(x.dtype)
+            log_px = (gaussian_log_prob(xs, self.decoder(z), self.recon_logvar) * mask).sum(0)
+            log_q = (gaussian_log_prob(z, mu, logvar) * mask).sum(0)
+            markov = self.rnn(z.transpose(0, 1))
+            _, log_pz = hmm_inference.forward(markov.start, markov.transitions,
+                                              markov.emissions, lens.repeat(k))
+            return (log_px + log_pz - log_q).view(k, B)
+
         self.eval()
-        results = []
-        with torch.no_grad():
-            for start in range(0, x_all.shape[0], batch_size):
-                lens = batch.lengths[start:start + batch_size]
-                x = x_all[start:start + batch_size, : int(lens.max())].transpose(0, 1)
-                K, (T, B, _) = n_samples, x.shape
-                xs = x.repeat(1, K, 1)  # (T, K*B, D), sample-major within the batch axis
-                mu, logvar = self.encoder(xs)
-                z = self.reparameterize(mu, logvar, generator)
-                mask = hmm_inference.valid_mask(lens.repeat(K), T).T.to(x.dtype)
-                log_px = (gaussian_log_prob(xs, self.decoder(z), self.recon_logvar) * mask).sum(0)
-                log_q = (gaussian_log_prob(z, mu, logvar) * mask).sum(0)
-                markov = self.rnn(z.transpose(0, 1))
-                _, log_pz = hmm_inference.forward(markov.start, markov.transitions,
-                                                  markov.emissions, lens.repeat(K))
-                log_w = (log_px + log_pz - log_q).view(K, B)
-                results.append(torch.logsumexp(log_w, 0) - math.log(K))
-        return torch.cat(results).cpu().numpy()
+        return importance_weighted_bound(
+            log_weights, self._batch(X, lengths), n_samples=n_samples,
+            random_state=random_state, batch_size=batch_size).cpu().numpy()
 
     def score(self, X, lengths=None, **kwargs) -> float:
         """Sum over sequences of the importance-weighted bound (HiddenMarkov's convention)."""

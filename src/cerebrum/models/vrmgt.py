@@ -25,7 +25,6 @@ S = num_states, M = n_mix, K importance samples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +33,9 @@ from torch import nn
 
 from cerebrum.mixtures import hmm_inference
 from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
-from cerebrum.mixtures._validation import check_positive_int
 from cerebrum.models._training import (
+    importance_weighted_bound,
     normalise_positive_ints,
-    padded,
-    seeded_generator,
     train_sequences,
 )
 from cerebrum.nn.coders import LOGVAR_RANGE, MixtureDecoder, gaussian_kl, gaussian_log_prob, mlp
@@ -191,22 +188,14 @@ class VariationalRecurrentMarkovGaussianTransformer(nn.Module):
         `n_samples` posterior samples per sequence (more: tighter, slower); the bound is
         random, reproducible through `random_state`.
         """
-        check_positive_int(n_samples, name="n_samples")
-        batch = self._batch(X, lengths)
-        x_all = padded(batch)
-        generator = seeded_generator(random_state, x_all.device)
+        def log_weights(x, lens, k, generator):
+            out = self(x, lens, n_samples=k, generator=generator)
+            return out["log_px_given_z"] + out["log_pz_minus_log_qz"]  # (K, b)
+
         self.eval()
-        results = []
-        per_chunk = max(1, batch_size)
-        with torch.no_grad():
-            for start in range(0, x_all.shape[0], per_chunk):
-                x = x_all[start:start + per_chunk]
-                lengths_chunk = batch.lengths[start:start + per_chunk]
-                x = x[:, : int(lengths_chunk.max())]
-                out = self(x, lengths_chunk, n_samples=n_samples, generator=generator)
-                log_w = out["log_px_given_z"] + out["log_pz_minus_log_qz"]  # (K, b)
-                results.append(torch.logsumexp(log_w, 0) - math.log(n_samples))
-        return torch.cat(results).cpu().numpy()
+        return importance_weighted_bound(
+            log_weights, self._batch(X, lengths), n_samples=n_samples,
+            random_state=random_state, batch_size=batch_size).cpu().numpy()
 
     def score(self, X, lengths=None, **kwargs) -> float:
         """Sum over sequences of the importance-weighted bound (HiddenMarkov's convention)."""
