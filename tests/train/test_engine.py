@@ -51,9 +51,11 @@ def test_warmup_then_cosine():
     assert lr_at(20, config, 20) == pytest.approx(0.1)
 
 
-def test_resume_after_sigint_continues_the_same_loss_curve(corpus_dir, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_sigint_continues_the_same_loss_curve(corpus_dir, tmp_path, optimizer):
     model, batches = build(corpus_dir)
-    straight = Trainer(model, next_token_loss, batches, config_for(6), verbose=False).run()
+    straight = Trainer(model, next_token_loss, batches, config_for(6, optimizer=optimizer),
+                       verbose=False).run()
 
     calls = {"n": 0}
 
@@ -65,13 +67,13 @@ def test_resume_after_sigint_continues_the_same_loss_curve(corpus_dir, tmp_path)
 
     out = tmp_path / "run"
     model, batches = build(corpus_dir)
-    first = Trainer(model, interrupt_at_third_step, batches, config_for(6), out_dir=out,
-                    verbose=False).run()
+    first = Trainer(model, interrupt_at_third_step, batches,
+                    config_for(6, optimizer=optimizer), out_dir=out, verbose=False).run()
     assert first["interrupted"] and first["train"]["step"] == [1, 2, 3]
     model, batches = build(corpus_dir)
     torch.manual_seed(123)  # the checkpoint restores the RNG, whatever happened since
-    resumed = Trainer(model, next_token_loss, batches, config_for(6), out_dir=out,
-                      verbose=False).run(resume=True)
+    resumed = Trainer(model, next_token_loss, batches, config_for(6, optimizer=optimizer),
+                      out_dir=out, verbose=False).run(resume=True)
     assert resumed["train"]["loss"] == straight["train"]["loss"]
     assert straight["train"]["loss"][-1] < straight["train"]["loss"][0]
     curves = np.load(out / "curves.npz")
@@ -123,10 +125,31 @@ def test_corrupted_and_missing_checkpoints(corpus_dir, tmp_path):
                 verbose=False).run(resume=True)
 
 
+def test_a_checkpoint_of_another_optimizer_is_refused(corpus_dir, tmp_path):
+    model, batches = build(corpus_dir)
+    Trainer(model, next_token_loss, batches, config_for(1, optimizer="muon"),
+            out_dir=tmp_path / "r", verbose=False).run()
+    model, batches = build(corpus_dir)
+    with pytest.raises(CerebrumFileError, match="optimiser state does not fit"):
+        Trainer(model, next_token_loss, batches, config_for(2), out_dir=tmp_path / "r",
+                verbose=False).run(resume=True)
+
+
+def test_an_old_checkpoint_version_is_refused(corpus_dir, tmp_path):
+    model, batches = build(corpus_dir)
+    path = Trainer(model, next_token_loss, batches, config_for(1), verbose=False,
+                   out_dir=tmp_path / "r").save_checkpoint()
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'\\"version\\": 2', b'\\"version\\": 1'))
+    with pytest.raises(CerebrumFileError, match="version 1 checkpoint"):
+        read_checkpoint(path)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(steps=0), "steps must be a positive integer"),
     (dict(precision="fp8"), "precision must be one of"),
     (dict(min_lr_ratio=2.0), "min_lr_ratio"),
+    (dict(optimizer="sgd"), "optimizer must be one of adamw, muon"),
 ])
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -88,15 +88,16 @@ class GPTLanguageModel(nn.Module):
         return self.tokenizer
 
     def fit(self, corpus=None, *, steps: int = 1000, batch_size: int = 16,
-            seq_len: int | None = None,
-            lr: float = 3e-3, warmup_steps: int = 100, weight_decay: float = 0.1,
+            seq_len: int | None = None, lr: float = 3e-3, optimizer: str = "adamw",
+            warmup_steps: int = 100, weight_decay: float = 0.1,
             clip_norm: float = 1.0, grad_accum: int = 1, precision: str = "auto",
             compile: bool = False, eval_every: int | None = 250,
             checkpoint_every: int = 500,
             out_dir=None, resume: bool = False, random_state: int = 0,
             verbose: bool = False):
         """Train on a corpus (a Corpus, paths, or None for the default corpus) with the shared
-        engine; `history_` gets the curves and, every `eval_every` steps and at the end (None:
+        engine (`cerebrum.train.TrainConfig` documents the settings; `optimizer` is "adamw" or
+        "muon"); `history_` gets the curves and, every `eval_every` steps and at the end (None:
         never), bits per byte on up to 8 documents of the corpus's validation split."""
         corpus = as_corpus(corpus)
         if self.tokenizer is None:
@@ -109,6 +110,7 @@ class GPTLanguageModel(nn.Module):
             raise ValueError(f"seq_len {seq_len} exceeds the model's context (block_size="
                              f"{self.config.block_size})")
         config = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                             optimizer=optimizer,
                              warmup_steps=warmup_steps, weight_decay=weight_decay,
                              clip_norm=clip_norm, grad_accum=grad_accum, precision=precision,
                              compile=compile, eval_every=eval_every or steps,

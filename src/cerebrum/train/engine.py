@@ -1,13 +1,14 @@
 """The training engine of the neural families.
 
-AdamW with decay / no-decay parameter groups (matrices decay; biases, norms and embeddings'
-gains do not), linear warm-up then cosine decay to `min_lr_ratio * lr`, gradient clipping,
-gradient accumulation, mixed precision (bf16 autocast on CUDA where supported, fp16 with a
-gradient scaler on older CUDA, full precision on CPU unless asked), optional `torch.compile`,
-evaluation every N steps, checkpoints every N steps with exact resume, a clean checkpoint on
-SIGINT / SIGTERM, a progress bar with loss and tokens/s, a JSONL metrics log and an `.npz` of
-the curves at the end. Under torchrun (WORLD_SIZE > 1) it runs data-parallel (DDP; gloo on CPU,
-nccl on CUDA): every process draws the same global batch and keeps its share, so the loss
+AdamW with decay / no-decay parameter groups (matrices decay; biases and norm gains do not),
+or Muon for the hidden matrices with AdamW for the rest (`cerebrum.train.optim`), linear
+warm-up then cosine decay to `min_lr_ratio * lr`, gradient clipping, gradient accumulation,
+mixed precision (bf16 autocast on CUDA where supported, fp16 with a gradient scaler on older
+CUDA, full precision on CPU unless asked), optional `torch.compile`, evaluation every N steps,
+checkpoints every N steps with exact resume, a clean checkpoint on SIGINT / SIGTERM, a
+progress bar with loss and tokens/s, a JSONL metrics log and an `.npz` of the curves at the
+end. Under torchrun (WORLD_SIZE > 1) it runs data-parallel (DDP; gloo on CPU, nccl on CUDA):
+every process draws the same global batch and keeps its share, so the loss
 curve follows the single-process one.
 
 A family hooks in with a loss function `loss_fn(model, batch) -> (loss, metrics dict)` and may
@@ -43,9 +44,12 @@ from tqdm.auto import tqdm
 
 from cerebrum.brain.persistence import write_bytes_atomically
 from cerebrum.exceptions import CerebrumFileError
+from cerebrum.train.optim import OPTIMIZERS, build_optimizer
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CHECKPOINT_FORMAT = "cerebrum-checkpoint"
+#: 2: one optimiser state per optimiser (Muon + AdamW); version 1 files are refused.
+CHECKPOINT_VERSION = 2
 
 
 @dataclass(kw_only=True)
@@ -57,6 +61,7 @@ class TrainConfig:
     seq_len: int = 128
     grad_accum: int = 1
     lr: float = 3e-3
+    optimizer: str = "adamw"
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
@@ -84,6 +89,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
                              f"{self.precision!r}")
@@ -105,16 +113,6 @@ def lr_at(step: int, config: TrainConfig, total: int) -> float:
     progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Matrices (dim >= 2) decay; vectors and scalars (biases, norm gains) do not."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -163,8 +161,8 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.compile:
             self.net = torch.compile(self.net)
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(model, config.weight_decay), lr=config.lr,
+        self.optimizer = build_optimizer(
+            model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
             betas=(config.beta1, config.beta2), fused=self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
@@ -201,9 +199,11 @@ class Trainer:
                 loss, _ = loss_fn(self.net, batch)
             self.scaler.scale(loss / self.config.grad_accum).backward()
             total += float(loss.detach()) / self.config.grad_accum
-        self.scaler.unscale_(self.optimizer)
+        for optimizer in self.optimizer.optimizers:
+            self.scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
-        self.scaler.step(self.optimizer)
+        for optimizer in self.optimizer.optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.distributed:  # report the global batch's loss
@@ -318,19 +318,21 @@ class Trainer:
             return None
         tensors = {f"model.{k}": v.detach().cpu().clone()  # tied weights: one copy each
                    for k, v in self.model.state_dict().items()}
-        optim = self.optimizer.state_dict()
-        for pid, state in optim["state"].items():
-            for key, value in state.items():
-                tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
+        param_groups = []
+        for i, optim in enumerate(self.optimizer.state_dict()):
+            for pid, state in optim["state"].items():
+                for key, value in state.items():
+                    tensors[f"optim.{i}.{pid}.{key}"] = \
+                        torch.as_tensor(value).detach().cpu().clone()
+            param_groups.append(optim["param_groups"])
         tensors["rng.torch"] = torch.get_rng_state()
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
         header = {
-            "format": CHECKPOINT_FORMAT, "version": 1, "step": self.step,
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
             "phase": self._phase_at(min(self.step, self.total_steps - 1)).name,
-            "param_groups": [{k: v for k, v in g.items() if k != "params"} | {
-                "params": g["params"]} for g in optim["param_groups"]],
+            "param_groups": param_groups,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "data": self.batches.state_dict(), "config": dataclasses.asdict(self.config),
             "curves": self.curves, "eval_curves": self.eval_curves,
@@ -350,12 +352,18 @@ class Trainer:
             self.model.load_state_dict(model_state)
         except RuntimeError as err:
             raise CerebrumFileError(f"{path} does not fit this model: {err}") from None
-        state: dict = {}
+        states: list[dict] = [{} for _ in header["param_groups"]]
         for key, value in tensors.items():
             if key.startswith("optim."):
-                _, pid, name = key.split(".", 2)
-                state.setdefault(int(pid), {})[name] = value.to(self.device)
-        self.optimizer.load_state_dict({"state": state, "param_groups": header["param_groups"]})
+                _, i, pid, name = key.split(".", 3)
+                states[int(i)].setdefault(int(pid), {})[name] = value.to(self.device)
+        try:
+            self.optimizer.load_state_dict([
+                {"state": state, "param_groups": groups}
+                for state, groups in zip(states, header["param_groups"], strict=True)])
+        except ValueError as err:
+            raise CerebrumFileError(f"{path}: the optimiser state does not fit this run: "
+                                    f"{err}") from None
         if header.get("scaler"):
             self.scaler.load_state_dict(header["scaler"])
         torch.set_rng_state(tensors["rng.torch"])
@@ -382,6 +390,9 @@ def read_checkpoint(path) -> tuple[dict, dict]:
                                 f"or not a Cerebrum checkpoint): {err}") from None
     if header.get("format") != CHECKPOINT_FORMAT:
         raise CerebrumFileError(f"{path} is not a Cerebrum checkpoint")
+    if header.get("version") != CHECKPOINT_VERSION:
+        raise CerebrumFileError(f"{path} is a version {header.get('version')} checkpoint; this "
+                                f"Cerebrum reads version {CHECKPOINT_VERSION}")
     return header, tensors
 
 
