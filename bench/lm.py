@@ -9,6 +9,7 @@ With --compile, also the training throughput under torch.compile.
 
     python bench/lm.py --minutes 15
     python bench/lm.py --minutes 1 --json
+    python bench/lm.py --minutes 3 --set optimizer=adamw --set tokenizer=bytes   # variants
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import torch
 
 from cerebrum.data import default_corpus
-from cerebrum.models.language_model import GPTLanguageModel
+from cerebrum.models.language_model import GPTLanguageModel, GPTLMConfig
 from cerebrum.train.metrics import bits_per_byte
 
 SMALL = dict(tokenizer="bpe", vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=128)
@@ -49,30 +50,56 @@ def compressor_bpb(texts) -> dict:
                               for d in data) / n}
 
 
-def train_for(minutes: float, *, compile: bool, seed: int = 0, tokenizer=None):
+def settings_with(overrides: list[str]) -> tuple[dict, dict]:
+    """SMALL and TRAINING with --set KEY=VALUE overrides (VALUE read as JSON when it parses)."""
+    model, training = dict(SMALL), dict(TRAINING)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        if key in GPTLMConfig.__dataclass_fields__:
+            model[key] = value
+        elif key in ("batch_size", "seq_len", "lr", "optimizer", "weight_decay"):
+            training[key] = value
+        else:
+            raise SystemExit(f"--set: unknown key {key!r}")
+    if model["tokenizer"] == "bytes":
+        model["vocab_size"] = 259
+    return model, training
+
+
+def train_for(minutes: float, model_config: dict, training: dict, *, compile: bool,
+              seed: int = 0, tokenizer=None):
     """Train for about `minutes`: the step count comes from a short probe run's throughput
     (so the cosine schedule ends with the budget). Returns the model, steps, seconds, tokens/s
     and the seconds spent training the tokenizer (outside the budget)."""
     torch.manual_seed(seed)
-    probe = GPTLanguageModel(**SMALL)
+    probe = GPTLanguageModel(**model_config)
     start = time.perf_counter()
     if tokenizer is not None:
         probe.tokenizer = tokenizer
     probe.fit(None, steps=8, warmup_steps=1, random_state=seed, compile=compile,
-              eval_every=None, **TRAINING)
+              eval_every=None, **training)
     tokenizer_seconds = time.perf_counter() - start  # including the 8 probe steps
-    rates = sorted(probe.history_["train"]["tokens_per_s"][2:])  # skip warm-up steps
-    per_step = TRAINING["batch_size"] * TRAINING["seq_len"] / rates[len(rates) // 2]
+    # mean seconds per step after the first two (warm-up): the mean, not the median, counts
+    # the occasional slow step (a long document to tokenize), so the run keeps to its budget
+    tokens = training["batch_size"] * training["seq_len"]
+    rates = probe.history_["train"]["tokens_per_s"][2:]
+    per_step = sum(tokens / r for r in rates) / len(rates)
     steps = max(10, int(minutes * 60 / per_step))
     torch.manual_seed(seed)
-    model = GPTLanguageModel(**SMALL)
+    model = GPTLanguageModel(**model_config)
     model.tokenizer = probe.tokenizer
     start = time.perf_counter()
     model.fit(None, steps=steps, warmup_steps=min(200, steps // 10), random_state=seed,
               compile=compile, eval_every=None, checkpoint_every=10**9, verbose=False,
-              **TRAINING)
+              **training)
     seconds = time.perf_counter() - start
-    tokens_per_s = steps * TRAINING["batch_size"] * TRAINING["seq_len"] / seconds
+    tokens_per_s = steps * training["batch_size"] * training["seq_len"] / seconds
     return model, steps, seconds, tokens_per_s, tokenizer_seconds
 
 
@@ -83,15 +110,20 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="also measure tokens/s under torch.compile (1 minute)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the model (tokenizer, vocab_size, n_layer, ...) or the "
+                        "training (batch_size, seq_len, lr, optimizer, weight_decay); repeatable")
     args = parser.parse_args(argv)
     corpus = default_corpus()
     texts = held_out_texts(corpus, args.eval_bytes)
-    model, steps, seconds, tok_s, tokenizer_seconds = train_for(args.minutes, compile=False)
+    model_config, training = settings_with(args.set)
+    model, steps, seconds, tok_s, tokenizer_seconds = train_for(
+        args.minutes, model_config, training, compile=False)
     held_out_bytes = sum(len(t.encode()) for t in texts)
     held_out_tokens = sum(len(model.tokenizer.encode(t)) for t in texts)
     result = {
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "config": SMALL, "training": TRAINING,
+        "threads": torch.get_num_threads(), "config": model_config, "training": training,
         "steps": steps, "train_seconds": seconds, "tokenizer_seconds": tokenizer_seconds,
         "tokens_per_s": tok_s, "bytes_per_token": held_out_bytes / held_out_tokens,
         "held_out_bytes": held_out_bytes,
@@ -99,12 +131,13 @@ def main(argv=None):
         **compressor_bpb(texts),
     }
     if args.compile:
-        _, _, _, compiled, _ = train_for(1.0, compile=True, tokenizer=model.tokenizer)
+        _, _, _, compiled, _ = train_for(1.0, model_config, training, compile=True,
+                                         tokenizer=model.tokenizer)
         result["tokens_per_s_compiled"] = compiled
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"GPT {SMALL} {TRAINING} on the Python standard library, {steps} steps in "
+    print(f"GPT {model_config} {training} on the Python standard library, {steps} steps in "
           f"{seconds:.0f} s ({result['threads']} threads, torch {result['torch']}; tokenizer "
           f"trained in {tokenizer_seconds:.0f} s, outside the budget)")
     print(f"  tokens/s            {tok_s:,.0f}"
