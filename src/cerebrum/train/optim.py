@@ -9,8 +9,8 @@ output head tied to them, norm gains and biases stay with AdamW, as in the metho
 recipe. Its learning rate is scaled by 0.2 * sqrt(max(rows, cols)) so that its updates have
 AdamW's size: one `lr` and one schedule drive both.
 
-Why not `torch.optim.Muon`: it runs the iteration in bfloat16, which is fast on GPUs but 3x
-slower than float32 on CPUs without bf16 arithmetic (this project's 2-core machines). `Muon`
+Why not `torch.optim.Muon`: it runs the iteration in bfloat16, which is fast on GPUs but about
+24x slower than float32 on CPUs without bf16 arithmetic (this project's 2-core machines). `Muon`
 below is the same update with the iteration in bfloat16 on CUDA and in the parameter's dtype
 elsewhere; tests/train/test_optim.py checks it against `torch.optim.Muon`.
 
