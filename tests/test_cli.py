@@ -172,7 +172,8 @@ def text_corpus(tmp_path, monkeypatch):
         (corpus / f"f{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 3)
     (tmp_path / "cfg.toml").write_text(
         'n_layer = 1\nn_embd = 32\nn_head = 2\nblock_size = 64\nseq_len = 32\n'
-        'batch_size = 4\nwarmup_steps = 2\ncheckpoint_every = 4\neval_every = 4\n')
+        'batch_size = 4\nwarmup_steps = 2\ncheckpoint_every = 4\neval_every = 4\n'
+        'optimizer = "muon"\n')
     return tmp_path
 
 
@@ -197,6 +198,8 @@ def test_train_eval_generate_and_resume(text_corpus, capsys):
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "gpt", "--set", "n_layers=2"], "unknown argument n_layers"),
+    (["train", "gpt", "--set", "optimizer=sgd", "--steps", "1"],
+     "optimizer must be one of adamw, muon"),
     (["train", "gmm"], "does not train on text corpora"),
     (["train", "gpt", "--corpus", "missing/*.txt", "--steps", "1", "--set", "verbose=false"],
      "matches no file"),
