@@ -16,9 +16,13 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_transformers_loads_the_export_and_generates_the_same_tokens(tmp_path):
+@pytest.mark.parametrize("options", [{}, dict(mlp="relu2", qk_norm=True, bigram_buckets=128)],
+                         ids=["plain", "options"])
+def test_transformers_loads_the_export_and_generates_the_same_tokens(tmp_path, options):
     torch.manual_seed(0)
-    model = GPTLanguageModel(block_size=64, n_layer=2, n_head=2, n_embd=32)
+    model = GPTLanguageModel(block_size=64, n_layer=2, n_head=2, n_embd=32, **options)
+    if model.gpt.bigram is not None:  # starts at zero; give it something to carry
+        torch.nn.init.normal_(model.gpt.bigram.table.weight, std=0.1)
     with torch.no_grad():  # make the logits far from uniform so greedy paths are distinct
         for p in model.gpt.parameters():
             p.mul_(8.0)

@@ -36,10 +36,12 @@ class CerebrumGPTConfig(PretrainedConfig):
     model_type = "cerebrum_gpt"
 
     def __init__(self, vocab_size=259, block_size=256, n_layer=4, n_head=4, n_embd=128,
-                 dropout=0.0, rope_base=10000.0, **kwargs):
+                 dropout=0.0, rope_base=10000.0, mlp="swiglu", qk_norm=False,
+                 bigram_buckets=0, **kwargs):
         self.vocab_size, self.block_size = vocab_size, block_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
         self.dropout, self.rope_base = dropout, rope_base
+        self.mlp, self.qk_norm, self.bigram_buckets = mlp, qk_norm, bigram_buckets
         # the names Transformers' generation utilities read
         self.num_hidden_layers, self.hidden_size = n_layer, n_embd
         self.num_attention_heads, self.max_position_embeddings = n_head, block_size
@@ -68,7 +70,8 @@ class CerebrumGPTForCausalLM(PreTrainedModel, GenerationMixin):
         self.model = GPT(GPTConfig(
             vocab_size=config.vocab_size, block_size=config.block_size,
             n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-            dropout=config.dropout, rope_base=config.rope_base))
+            dropout=config.dropout, rope_base=config.rope_base, mlp=config.mlp,
+            qk_norm=config.qk_norm, bigram_buckets=config.bigram_buckets))
         self.post_init()
 
     def _init_weights(self, module):
@@ -136,6 +139,7 @@ def export_hf(model, directory) -> Path:
                      "AutoModelForCausalLM": "modeling_cerebrum_gpt.CerebrumGPTForCausalLM"},
         "vocab_size": c.vocab_size, "block_size": c.block_size, "n_layer": c.n_layer,
         "n_head": c.n_head, "n_embd": c.n_embd, "dropout": c.dropout, "rope_base": c.rope_base,
+        "mlp": c.mlp, "qk_norm": c.qk_norm, "bigram_buckets": c.bigram_buckets,
         "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.pad_id, "tie_word_embeddings": True,
         "max_position_embeddings": c.block_size,

@@ -51,6 +51,15 @@ def test_warmup_then_cosine():
     assert lr_at(20, config, 20) == pytest.approx(0.1)
 
 
+def test_warmup_stable_decay():
+    config = TrainConfig(lr=1.0, warmup_steps=2, schedule="wsd", min_lr_ratio=0.0,
+                         decay_fraction=0.25)
+    rates = [lr_at(s, config, 20) for s in range(21)]
+    assert rates[:2] == [0.5, 1.0]
+    assert rates[2:16] == [1.0] * 14  # stable until the last quarter
+    assert rates[15:] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0])
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_after_sigint_continues_the_same_loss_curve(corpus_dir, tmp_path, optimizer):
     model, batches = build(corpus_dir)
@@ -149,6 +158,8 @@ def test_an_old_checkpoint_version_is_refused(corpus_dir, tmp_path):
     (dict(steps=0), "steps must be a positive integer"),
     (dict(precision="fp8"), "precision must be one of"),
     (dict(min_lr_ratio=2.0), "min_lr_ratio"),
+    (dict(schedule="linear"), "schedule must be one of cosine, wsd"),
+    (dict(decay_fraction=0.0), "decay_fraction"),
     (dict(optimizer="sgd"), "optimizer must be one of adamw, muon"),
 ])
 def test_bad_settings(kwargs, message):

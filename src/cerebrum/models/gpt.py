@@ -5,6 +5,19 @@ Pre-norm blocks with RMSNorm, rotary position embeddings on queries and keys, ca
 a SwiGLU feed-forward, and input embeddings tied to the output head. Generation keeps a
 key/value cache per layer and samples with temperature, top-k and top-p.
 
+Options for small models, all off by default (a model saved without them loads as it was):
+- `mlp="relu2"`: a ReLU(x)^2 feed-forward of width 4C in place of SwiGLU (the same parameters
+  and products, fewer element-wise passes; So et al.'s Primer).
+- `zero_init_residual`: the layers that write into the residual stream (attention and
+  feed-forward output projections) start at zero, so every block starts as the identity
+  (as torchvision's option of that name does for ResNets).
+- `qk_norm`: queries and keys RMS-normalised per head before the rotation, which bounds the
+  attention logits (as OLMo 2, Gemma 3 and the modded-nanogpt speedruns do).
+- `bigram_buckets`: a hashed table of (previous token, token) embeddings added to the token
+  embedding: capacity that costs a lookup, not matrix products, which is what a model
+  trained on a few CPU minutes is short of. Its rows start at zero, so it starts as the plain
+  model.
+
 Shapes: B batch, T tokens, V vocab_size, C n_embd, H n_head, Dh = C / H.
 """
 
@@ -19,6 +32,8 @@ from torch.nn import functional as F
 
 from cerebrum.mixtures._validation import check_positive_int
 
+MLPS = ("swiglu", "relu2")
+
 
 @dataclass(frozen=True, kw_only=True)
 class GPTConfig:
@@ -31,10 +46,21 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     rope_base: float = 10000.0
+    mlp: str = "swiglu"
+    zero_init_residual: bool = False
+    qk_norm: bool = False
+    bigram_buckets: int = 0
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             object.__setattr__(self, name, check_positive_int(getattr(self, name), name=name))
+        object.__setattr__(self, "bigram_buckets", check_positive_int(
+            self.bigram_buckets, name="bigram_buckets", minimum=0))
+        for name in ("qk_norm", "zero_init_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp must be one of {', '.join(MLPS)}, got {self.mlp!r}")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head "
                              f"({self.n_head}) with an even head size (rotary pairs)")
@@ -49,7 +75,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def rotary_tables(n_positions: int, head_dim: int, base: float, device=None):
@@ -73,11 +99,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(c.n_embd, 3 * c.n_embd, bias=False)
         self.proj = nn.Linear(c.n_embd, c.n_embd, bias=False)
         self.dropout = c.dropout
+        self.qk_norm = c.qk_norm
 
     def forward(self, x, cos, sin, cache=None):
         """x (B, T, C); cache: a dict holding past "k", "v" (B, H, T_past, Dh), updated."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             if "k" in cache:
@@ -106,11 +135,48 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+class ReLU2(nn.Module):
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        self.up = nn.Linear(c.n_embd, 4 * c.n_embd, bias=False)
+        self.down = nn.Linear(4 * c.n_embd, c.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down(F.relu(self.up(x)).square())
+
+
+class BigramHash(nn.Module):
+    """Embeddings of (previous token, token) pairs, hashed into `buckets` rows.
+
+    forward(idx (B, T), previous (B, 1)) -> (B, T, C), where `previous` is the token before
+    idx[:, 0] (`vocab_size` when there is none: a sequence's start)."""
+
+    #: Odd multiplier of the multiplicative hash (2^32 / golden ratio); the bucket is taken
+    #: from the product's high bits, which depend on every bit of the pair.
+    MULTIPLIER = 2654435761
+
+    def __init__(self, vocab_size: int, buckets: int, dim: int):
+        super().__init__()
+        self.vocab_size, self.buckets = vocab_size, buckets
+        self.table = nn.Embedding(buckets, dim)
+
+    def bucket(self, idx: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        prev = torch.cat([previous, idx[:, :-1]], 1)
+        pair = prev * (self.vocab_size + 1) + idx
+        # int64 products wrap around for very large vocabularies: still a fixed function of
+        # the pair on every device, which is all a hash needs
+        return (pair * self.MULTIPLIER >> 16) % self.buckets
+
+    def forward(self, idx: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        return self.table(self.bucket(idx, previous))
+
+
 class Block(nn.Module):
     def __init__(self, c: GPTConfig):
         super().__init__()
         self.norm1, self.attn = RMSNorm(c.n_embd), Attention(c)
-        self.norm2, self.mlp = RMSNorm(c.n_embd), SwiGLU(c)
+        self.norm2 = RMSNorm(c.n_embd)
+        self.mlp = SwiGLU(c) if c.mlp == "swiglu" else ReLU2(c)
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x, cos, sin, cache=None):
@@ -129,13 +195,20 @@ class GPT(nn.Module):
         self.norm = RMSNorm(c.n_embd)
         self.head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied
+        self.bigram = (BigramHash(c.vocab_size, c.bigram_buckets, c.n_embd)
+                       if c.bigram_buckets else None)
         cos, sin = rotary_tables(c.block_size, c.n_embd // c.n_head, c.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled residual projections (GPT-2)
             if name.endswith(("proj.weight", "down.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+                if c.zero_init_residual:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+        if self.bigram is not None:
+            nn.init.zeros_(self.bigram.table.weight)
 
     @staticmethod
     def _init(module):
@@ -155,6 +228,8 @@ class GPT(nn.Module):
                              f"(block_size={self.config.block_size})")
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.embed(idx)
+        if self.bigram is not None:
+            x = x + self.bigram(idx, self._previous_tokens(idx, caches, start))
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if caches is None else caches[i])
         logits = self.head(self.norm(x))
@@ -163,6 +238,17 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
                                targets.reshape(-1), ignore_index=-100)
         return logits, loss
+
+    def _previous_tokens(self, idx, caches, start) -> torch.Tensor:
+        """The token before idx[:, 0] for the bigram table, (B, 1): the last token of the
+        previous cached call when continuing a generation, else the start marker."""
+        if caches is not None and start > 0:
+            previous = caches[0]["last_token"]
+        else:
+            previous = torch.full_like(idx[:, :1], self.config.vocab_size)
+        if caches is not None:
+            caches[0]["last_token"] = idx[:, -1:]
+        return previous
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,

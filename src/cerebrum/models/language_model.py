@@ -38,6 +38,10 @@ class GPTLMConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+    mlp: str = "swiglu"
+    zero_init_residual: bool = False
+    qk_norm: bool = False
+    bigram_buckets: int = 0
 
     def __post_init__(self):
         if self.tokenizer not in TOKENIZERS:
@@ -89,7 +93,8 @@ class GPTLanguageModel(nn.Module):
 
     def fit(self, corpus=None, *, steps: int = 1000, batch_size: int = 16,
             seq_len: int | None = None, lr: float = 3e-3, optimizer: str = "adamw",
-            warmup_steps: int = 100, weight_decay: float = 0.1,
+            warmup_steps: int = 100, schedule: str = "cosine", min_lr_ratio: float = 0.1,
+            decay_fraction: float = 0.4, weight_decay: float = 0.1,
             clip_norm: float = 1.0, grad_accum: int = 1, precision: str = "auto",
             compile: bool = False, eval_every: int | None = 250,
             checkpoint_every: int = 500,
@@ -97,8 +102,9 @@ class GPTLanguageModel(nn.Module):
             verbose: bool = False):
         """Train on a corpus (a Corpus, paths, or None for the default corpus) with the shared
         engine (`cerebrum.train.TrainConfig` documents the settings; `optimizer` is "adamw" or
-        "muon"); `history_` gets the curves and, every `eval_every` steps and at the end (None:
-        never), bits per byte on up to 8 documents of the corpus's validation split."""
+        "muon", `schedule` "cosine" or "wsd"); `history_` gets the curves and, every
+        `eval_every` steps and at the end (None: never), bits per byte on up to 8 documents of
+        the corpus's validation split."""
         corpus = as_corpus(corpus)
         if self.tokenizer is None:
             docs = (d.text for _, d in zip(range(BPE_TRAINING_DOCUMENTS),
@@ -110,8 +116,9 @@ class GPTLanguageModel(nn.Module):
             raise ValueError(f"seq_len {seq_len} exceeds the model's context (block_size="
                              f"{self.config.block_size})")
         config = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
-                             optimizer=optimizer,
-                             warmup_steps=warmup_steps, weight_decay=weight_decay,
+                             optimizer=optimizer, warmup_steps=warmup_steps,
+                             schedule=schedule, min_lr_ratio=min_lr_ratio,
+                             decay_fraction=decay_fraction, weight_decay=weight_decay,
                              clip_norm=clip_norm, grad_accum=grad_accum, precision=precision,
                              compile=compile, eval_every=eval_every or steps,
                              checkpoint_every=checkpoint_every, seed=random_state)

@@ -2,7 +2,8 @@
 
 AdamW with decay / no-decay parameter groups (matrices decay; biases and norm gains do not),
 or Muon for the hidden matrices with AdamW for the rest (`cerebrum.train.optim`), linear
-warm-up then cosine decay to `min_lr_ratio * lr`, gradient clipping, gradient accumulation,
+warm-up then cosine decay to `min_lr_ratio * lr` (or warm-up, stable, linear decay over the
+last `decay_fraction` of the steps), gradient clipping, gradient accumulation,
 mixed precision (bf16 autocast on CUDA where supported, fp16 with a gradient scaler on older
 CUDA, full precision on CPU unless asked), optional `torch.compile`, evaluation every N steps,
 checkpoints every N steps with exact resume, a clean checkpoint on SIGINT / SIGTERM, a
@@ -47,6 +48,7 @@ from cerebrum.exceptions import CerebrumFileError
 from cerebrum.train.optim import OPTIMIZERS, build_optimizer
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "wsd")
 CHECKPOINT_FORMAT = "cerebrum-checkpoint"
 #: 2: one optimiser state per optimiser (Muon + AdamW); version 1 files are refused.
 CHECKPOINT_VERSION = 2
@@ -62,7 +64,9 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-3
     optimizer: str = "adamw"
+    schedule: str = "cosine"
     min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.4
     warmup_steps: int = 100
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -89,6 +93,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got "
+                             f"{self.schedule!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                              f"{self.optimizer!r}")
@@ -107,12 +116,18 @@ class Phase:
 
 
 def lr_at(step: int, config: TrainConfig, total: int) -> float:
-    """Linear warm-up over warmup_steps, then cosine from lr to min_lr_ratio * lr."""
+    """Linear warm-up over warmup_steps, then either cosine from lr to min_lr_ratio * lr
+    ("cosine"), or lr held until the last decay_fraction of the total steps and from there
+    linear to min_lr_ratio * lr ("wsd": warm-up, stable, decay)."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    if config.schedule == "wsd":
+        decay_steps = config.decay_fraction * total
+        level = min(1.0, max(0.0, (total - step) / decay_steps))
+    else:
+        progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        level = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * level)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
