@@ -42,9 +42,13 @@ class TokenBatches:
         for doc in self.corpus.stream(self.split, seed=self.seed):
             buffer.extend([self.tokenizer.bos_id, *self.tokenizer.encode(doc.text),
                            self.tokenizer.eos_id])
-            while len(buffer) >= width:
-                yield buffer[:width]
-                buffer = buffer[width:]
+            # cut rows by an offset and drop the used part once per document: slicing the
+            # buffer row by row would copy a long document's tokens once per row
+            start = 0
+            while len(buffer) - start >= width:
+                yield buffer[start:start + width]
+                start += width
+            del buffer[:start]
 
     def _global_batch(self) -> list[list[int]]:
         return [next(self._rows) for _ in range(self.batch_size * self.world_size)]
