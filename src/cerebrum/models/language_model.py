@@ -94,7 +94,7 @@ class GPTLanguageModel(nn.Module):
     def fit(self, corpus=None, *, steps: int = 1000, batch_size: int = 16,
             seq_len: int | None = None, lr: float = 3e-3, optimizer: str = "adamw",
             warmup_steps: int = 100, schedule: str = "cosine", min_lr_ratio: float = 0.1,
-            decay_fraction: float = 0.4, weight_decay: float = 0.1,
+            decay_fraction: float = 0.4, weight_decay: float = 0.1, shuffle_rows: int = 8192,
             clip_norm: float = 1.0, grad_accum: int = 1, precision: str = "auto",
             compile: bool = False, eval_every: int | None = 250,
             checkpoint_every: int = 500,
@@ -102,7 +102,8 @@ class GPTLanguageModel(nn.Module):
             verbose: bool = False):
         """Train on a corpus (a Corpus, paths, or None for the default corpus) with the shared
         engine (`cerebrum.train.TrainConfig` documents the settings; `optimizer` is "adamw" or
-        "muon", `schedule` "cosine" or "wsd"); `history_` gets the curves and, every
+        "muon", `schedule` "cosine" or "wsd"; batches are drawn through a shuffle buffer of
+        `shuffle_rows` rows, `cerebrum.train.batches`); `history_` gets the curves and, every
         `eval_every` steps and at the end (None: never), bits per byte on up to 8 documents of
         the corpus's validation split."""
         corpus = as_corpus(corpus)
@@ -123,7 +124,7 @@ class GPTLanguageModel(nn.Module):
                              compile=compile, eval_every=eval_every or steps,
                              checkpoint_every=checkpoint_every, seed=random_state)
         batches = TokenBatches(corpus, self.tokenizer, batch_size=batch_size, seq_len=seq_len,
-                               seed=random_state)
+                               seed=random_state, shuffle_rows=shuffle_rows)
 
         def evaluate():
             texts = [d.text for _, d in zip(range(8), corpus.documents("validation",
