@@ -100,6 +100,21 @@ def test_gradient_accumulation_equals_the_large_batch(corpus_dir):
     np.testing.assert_allclose(accumulated["train"]["loss"], big["train"]["loss"], rtol=1e-5)
 
 
+def test_denormals_are_flushed_while_training_and_only_then(corpus_dir):
+    seen = []
+
+    def loss_recording_denormals(net, batch):
+        seen.append(float(torch.tensor([1e-39]) * 1.0))
+        return next_token_loss(net, batch)
+
+    model, batches = build(corpus_dir)
+    Trainer(model, loss_recording_denormals, batches, config_for(2), verbose=False).run()
+    assert float(torch.tensor([1e-39]) * 1.0) == pytest.approx(1e-39)  # the default again
+    supported = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
+    assert seen == ([0.0, 0.0] if supported else pytest.approx([1e-39, 1e-39]))
+
+
 def test_two_process_ddp_follows_one_process(corpus_dir, tmp_path):
     """gloo on CPU, the same global batch: the loss curves agree within 1e-5 relative
     (summation order differs between the all-reduce and one process)."""

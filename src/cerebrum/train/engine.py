@@ -234,6 +234,11 @@ class Trainer:
         handlers = self._install_signal_handlers()
         progress = tqdm(total=self.total_steps, initial=self.step, disable=not (
             self.verbose and self.rank == 0), desc="train", dynamic_ncols=True)
+        # Adam's moments of embedding rows that no batch touches decay geometrically into
+        # denormal floats after ~1,000 steps, and x86 CPUs handle those up to 5x slower (a
+        # 32,768-row table's AdamW step: 10 -> 53 ms); flushing them to zero changes nothing
+        # a model can notice. A process-wide setting, so it is switched off again afterwards.
+        flush_denormals = self.device.type == "cpu" and torch.set_flush_denormal(True)
         try:
             self.model.train()
             start = time.perf_counter()
@@ -264,6 +269,8 @@ class Trainer:
         finally:
             progress.close()
             self._restore_signal_handlers(handlers)
+            if flush_denormals:
+                torch.set_flush_denormal(False)
         self._write_curves()
         return {"train": self.curves, "eval": self.eval_curves,
                 "interrupted": self._stop_requested}
