@@ -38,8 +38,8 @@ TRAINING = dict(batch_size=8, seq_len=256, lr=3e-3, optimizer="muon", schedule="
 #: Steps of the throughput probe that sets a run's step count (8 steps overshot a 15-minute
 #: budget by 9% once and undershot it by 9% another time; 30 take about 10 s).
 PROBE_STEPS = 30
-#: Share of the budget the probe's step time is planned against: the long run's steps were
-#: up to 6% slower than the probe's on this shared VM, and the budget is a limit.
+#: Share of the budget the probe's step time is planned against: this shared VM's speed drifts
+#: by a few percent within a run, and the budget is a limit, not a target.
 BUDGET_MARGIN = 0.95
 TRAINING_KEYS = ("batch_size", "seq_len", "lr", "optimizer", "weight_decay", "schedule",
                  "min_lr_ratio", "decay_fraction", "shuffle_rows")
