@@ -5,9 +5,10 @@
     config.json                     the architecture and an auto_map to the two files below
     configuration_cerebrum_gpt.py   a PretrainedConfig
     modeling_cerebrum_gpt.py        a PreTrainedModel + GenerationMixin around the network
-    cerebrum_gpt_core.py            the network itself: the source of cerebrum.models.gpt,
-                                    copied at export time (one implementation, and the
-                                    directory works without Cerebrum installed)
+    cerebrum_gpt_core.py            the network itself: cerebrum/models/gpt.py, copied
+                                    verbatim at export time (one implementation; the file
+                                    imports only torch, so the directory works without
+                                    Cerebrum installed)
     model.safetensors               the weights
     cerebrum_tokenizer.json         the tokenizer (Cerebrum's format; ids are what generate takes)
 The exported model computes the same logits as Cerebrum's, so `generate()` with greedy
@@ -105,21 +106,14 @@ class CerebrumGPTForCausalLM(PreTrainedModel, GenerationMixin):
 
 
 def _core_source() -> str:
-    """cerebrum.models.gpt's source, made standalone (its one Cerebrum import replaced)."""
+    """cerebrum.models.gpt's source, verbatim: the file imports only torch (its docstring
+    says why), which is checked here so that a Cerebrum import creeping in fails the export
+    loudly instead of shipping a directory that cannot load."""
     source = inspect.getsource(gpt_module)
-    cerebrum_import = "from cerebrum.mixtures._validation import check_positive_int\n"
-    if cerebrum_import not in source:
-        raise RuntimeError("cerebrum.models.gpt's imports changed: update cerebrum.hf")
-    standalone = '''
-
-def check_positive_int(value, *, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-'''
-    return source.replace(cerebrum_import, "").replace(
-        "\n\n@dataclass(frozen=True, kw_only=True)\nclass GPTConfig",
-        standalone + "\n\n@dataclass(frozen=True, kw_only=True)\nclass GPTConfig", 1)
+    if "import cerebrum" in source or "from cerebrum" in source:
+        raise RuntimeError("cerebrum.models.gpt must not import cerebrum: the export ships it "
+                           "as standalone code")
+    return source
 
 
 def export_hf(model, directory) -> Path:

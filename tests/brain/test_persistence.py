@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from cerebrum import Cerebrum, CerebrumFileError, GaussianMixture, HiddenMarkov
-from cerebrum.brain import persistence
+from cerebrum._util import files
 
 pytestmark = pytest.mark.filterwarnings("ignore::cerebrum.ConvergenceWarning")
 
@@ -98,7 +98,7 @@ def test_a_crash_mid_save_leaves_the_old_file(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(persistence.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         brain.save(path)
     assert path.read_bytes() == old

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cerebrum._util.sequences import as_sequence_batch
 from cerebrum.brain import persistence, registry
 from cerebrum.brain.managers import (
     MM,
@@ -35,7 +36,6 @@ from cerebrum.brain.managers import (
     random_letters,
 )
 from cerebrum.exceptions import CerebrumFileError
-from cerebrum.mixtures._sequences import as_sequence_batch
 
 _MANAGERS = {"MMMan": MMMan, "MM": MM}
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cerebrum._util.validation import COVARIANCE_TYPES, check_choice, check_positive_int
 from cerebrum.brain.registry import Family, register
 from cerebrum.mixtures import GaussianMixture, HiddenMarkov
-from cerebrum.mixtures._validation import COVARIANCE_TYPES, check_choice, check_positive_int
 
 DTYPES = ("float32", "float64")
 

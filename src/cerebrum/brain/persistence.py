@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from cerebrum._util.files import write_bytes_atomically
 from cerebrum.brain import registry
 from cerebrum.exceptions import CerebrumFileError
 
@@ -107,43 +106,6 @@ def write_file(path, kind: str, record: dict, tensors: dict) -> Path:
     header = {"format": FORMAT, "version": VERSION, "kind": kind, "record": record}
     return write_bytes_atomically(
         path, save_safetensors(tensors, metadata={FORMAT: json.dumps(header)}))
-
-
-def write_bytes_atomically(path, payload: bytes) -> Path:
-    """Write `payload` to `path` through a temporary file in the same directory, fsynced and
-    renamed over the target: readers see the old file or the new one, never a part."""
-    path = Path(path)
-    directory = path.resolve().parent
-    if not directory.is_dir():
-        raise FileNotFoundError(f"cannot save to {path}: directory {directory} does not exist")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                         dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(directory)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 def read_file(path, *, expect: tuple[str, ...] = KINDS, device=None):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cerebrum.mixtures._validation import check_sample_weight, check_samples
+from cerebrum._util.validation import check_sample_weight, check_samples
 
 
 @dataclass

@@ -22,17 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cerebrum.exceptions import ConvergenceWarning
-from cerebrum.mixtures._data import SampleSource
-from cerebrum.mixtures._gaussian_em import (
-    EMResult,
-    GaussianParams,
-    accumulate,
-    lowest_scoring_samples,
-    m_step,
-    run_em,
-)
-from cerebrum.mixtures._validation import (
+from cerebrum._util.validation import (
     COVARIANCE_TYPES,
     check_choice,
     check_finite,
@@ -43,6 +33,16 @@ from cerebrum.mixtures._validation import (
     check_samples,
     make_generator,
     to_numeric_tensor,
+)
+from cerebrum.exceptions import ConvergenceWarning
+from cerebrum.mixtures._data import SampleSource
+from cerebrum.mixtures._gaussian_em import (
+    EMResult,
+    GaussianParams,
+    accumulate,
+    lowest_scoring_samples,
+    m_step,
+    run_em,
 )
 from cerebrum.mixtures.gaussian_math import (
     colour_noise,

@@ -30,6 +30,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
+from cerebrum._util.validation import (
+    COVARIANCE_TYPES,
+    check_choice,
+    check_finite,
+    check_fit_settings,
+    check_fitted,
+    check_positive_definite,
+    check_positive_int,
+    make_generator,
+    to_numeric_tensor,
+)
 from cerebrum.exceptions import ConvergenceWarning
 from cerebrum.mixtures import _hmm_compiled as compiled
 from cerebrum.mixtures import hmm_inference as inference
@@ -43,18 +55,6 @@ from cerebrum.mixtures._gaussian_em import (
     chunk_statistics,
     iter_blocks,
     weighted_log_prob_t,
-)
-from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
-from cerebrum.mixtures._validation import (
-    COVARIANCE_TYPES,
-    check_choice,
-    check_finite,
-    check_fit_settings,
-    check_fitted,
-    check_positive_definite,
-    check_positive_int,
-    make_generator,
-    to_numeric_tensor,
 )
 from cerebrum.mixtures.gaussian import GaussianMixture, _project_variance_floor
 from cerebrum.mixtures.gaussian_math import (

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cerebrum.mixtures._sequences import SequenceBatch
-from cerebrum.mixtures._validation import check_positive_int
+from cerebrum._util.sequences import SequenceBatch
+from cerebrum._util.validation import check_positive_int
 
 
 def seeded_generator(random_state, device) -> torch.Generator:

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
+from cerebrum._util.validation import check_choice, check_positive_int
 from cerebrum.mixtures import GaussianMixture, HiddenMarkov, hmm_inference
-from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
-from cerebrum.mixtures._validation import check_choice, check_positive_int
 from cerebrum.models._training import padded, train_sequences
 from cerebrum.models.vrmgt import VariationalRecurrentMarkovGaussianTransformer, VRMGTConfig
 from cerebrum.nn.coders import (

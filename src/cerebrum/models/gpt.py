@@ -18,21 +18,34 @@ Options for small models, all off by default (a model saved without them loads a
   trained on a few CPU minutes is short of. Its rows start at zero, so it starts as the plain
   model.
 
+The file imports nothing but torch, on purpose: the Hugging Face export (`cerebrum.hf`) ships
+it verbatim as the exported model's code, so it must run where Cerebrum is not installed.
+
 Shapes: B batch, T tokens, V vocab_size, C n_embd, H n_head, Dh = C / H.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cerebrum.mixtures._validation import check_positive_int
-
 MLPS = ("swiglu", "relu2")
+
+
+def check_positive_int(value, *, name: str, minimum: int = 1) -> int:
+    """`value` as an int when it is an integer >= minimum (TypeError / ValueError naming it
+    otherwise). The same as `cerebrum._util.validation.check_positive_int`, copied here
+    because this file must stand alone (see the module docstring)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
+from cerebrum._util.validation import check_positive_int
 from cerebrum.mixtures import hmm_inference
-from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
-from cerebrum.mixtures._validation import check_positive_int
 from cerebrum.models._training import (
     importance_weighted_bound,
     normalise_positive_ints,

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum.mixtures import hmm_inference
-from cerebrum.mixtures._sequences import SequenceBatch, as_sequence_batch
 from cerebrum.models._training import (
     importance_weighted_bound,
     normalise_positive_ints,

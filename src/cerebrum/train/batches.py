@@ -24,8 +24,8 @@ from collections.abc import Iterator
 
 import torch
 
+from cerebrum._util.validation import check_positive_int
 from cerebrum.data.corpus import Corpus
-from cerebrum.mixtures._validation import check_positive_int
 
 
 class TokenBatches:

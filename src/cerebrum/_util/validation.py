@@ -1,4 +1,4 @@
-"""Input checks shared by the classical models.
+"""Input checks shared by every layer (they started with the classical models).
 
 Every public entry point converts its input here, once, to a tensor of the module's dtype on the
 module's device, and raises `ValueError`/`TypeError` that name the argument, what was expected and

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cerebrum.mixtures._validation import check_finite, to_numeric_tensor
+from cerebrum._util.validation import check_finite, to_numeric_tensor
 
 
 @dataclass

@@ -1,0 +1,2 @@
+"""Helpers every layer may import: argument checks (`validation`), sequence batching
+(`sequences`: frames + lengths <-> padded) and atomic file writes (`files`)."""
