@@ -15,7 +15,15 @@ from cerebrum import CerebrumFileError
 from cerebrum.data import ByteTokenizer, Corpus
 from cerebrum.models.gpt import GPT
 from cerebrum.train.batches import TokenBatches
-from cerebrum.train.engine import TrainConfig, Trainer, lr_at, read_checkpoint
+from cerebrum.train.engine import (
+    Phase,
+    TrainConfig,
+    Trainer,
+    count_tokens,
+    lr_at,
+    move_to,
+    read_checkpoint,
+)
 from cerebrum.train.lm import next_token_loss
 
 
@@ -38,8 +46,9 @@ def build(corpus_dir, *, batch_size=4, rank=0, world_size=1):
 
 
 def config_for(steps, **kw):
-    return TrainConfig(steps=steps, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2,
-                       checkpoint_every=100, eval_every=100, log_every=1, **kw)
+    settings = dict(batch_size=4, seq_len=16, lr=1e-2, warmup_steps=2, checkpoint_every=100,
+                    eval_every=100, log_every=1)
+    return TrainConfig(steps=steps, **{**settings, **kw})
 
 
 def test_warmup_then_cosine():
@@ -68,11 +77,11 @@ def test_resume_after_sigint_continues_the_same_loss_curve(corpus_dir, tmp_path,
 
     calls = {"n": 0}
 
-    def interrupt_at_third_step(model, batch):
+    def interrupt_at_third_step(model, batch, context):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGINT)  # the step finishes, then a checkpoint
-        return next_token_loss(model, batch)
+        return next_token_loss(model, batch, context)
 
     out = tmp_path / "run"
     model, batches = build(corpus_dir)
@@ -103,9 +112,9 @@ def test_gradient_accumulation_equals_the_large_batch(corpus_dir):
 def test_denormals_are_flushed_while_training_and_only_then(corpus_dir):
     seen = []
 
-    def loss_recording_denormals(net, batch):
+    def loss_recording_denormals(net, batch, context):
         seen.append(float(torch.tensor([1e-39]) * 1.0))
-        return next_token_loss(net, batch)
+        return next_token_loss(net, batch, context)
 
     model, batches = build(corpus_dir)
     Trainer(model, loss_recording_denormals, batches, config_for(2), verbose=False).run()
@@ -180,3 +189,170 @@ def test_an_old_checkpoint_version_is_refused(corpus_dir, tmp_path):
 def test_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- phases, metrics, batches
+
+
+class PairBatches:
+    """Endless dict batches {"x": (4, 3) float, "y": (4,) int} from a seeded stream, with the
+    state_dict / load_state_dict the engine asks of batches."""
+
+    def __init__(self, seed=0):
+        self.seed, self.drawn = seed, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.drawn)
+        self.drawn += 1
+        x = torch.randn(4, 3, generator=g)
+        return {"x": x, "y": (x.sum(1) > 0).long()}
+
+    def state_dict(self):
+        return {"drawn": self.drawn}
+
+    def load_state_dict(self, state):
+        self.drawn = state["drawn"]
+
+
+class TwoPart(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = torch.nn.Linear(3, 3)
+        self.second = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def first_loss(model, batch, context):
+    logits = model(batch["x"])
+    return torch.nn.functional.cross_entropy(logits, batch["y"]), {"first_metric": 1.0}
+
+
+def second_loss(model, batch, context):
+    logits = model(batch["x"])
+    noise = torch.randn(logits.shape, generator=context.generator, device=logits.device)
+    loss = torch.nn.functional.cross_entropy(logits + 0.1 * noise, batch["y"])
+    return loss, {"second_metric": float(context.phase_step)}
+
+
+def two_phases():
+    return [Phase("one", 3, loss_fn=first_loss, trainable=("first.",)),
+            Phase("two", 4, loss_fn=second_loss, trainable="second.")]
+
+
+def test_each_phase_trains_only_its_parameters_and_its_metrics_reach_the_log(tmp_path):
+    model = TwoPart()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    snapshots = []
+
+    def watch(model, batch, context):
+        snapshots.append((context.phase.name, {k: v.clone()
+                                               for k, v in model.state_dict().items()}))
+        return (first_loss if context.phase.name == "one" else second_loss)(
+            model, batch, context)
+
+    phases = [Phase("one", 3, loss_fn=watch, trainable=("first.",)),
+              Phase("two", 4, loss_fn=watch, trainable="second.")]
+    out = tmp_path / "run"
+    result = Trainer(model, None, PairBatches(), config_for(7), phases=phases, out_dir=out,
+                     verbose=False).run()
+    after_one = dict(snapshots[3][1])  # the weights when phase two starts
+    assert not torch.equal(after_one["first.weight"], before["first.weight"])
+    assert torch.equal(after_one["second.weight"], before["second.weight"])
+    final = model.state_dict()
+    assert torch.equal(final["first.weight"], after_one["first.weight"])
+    assert not torch.equal(final["second.weight"], after_one["second.weight"])
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
+    curves = result["train"]
+    assert curves["first_metric"][:3] == [1.0] * 3 and np.isnan(curves["first_metric"][3:]).all()
+    assert np.isnan(curves["second_metric"][:3]).all()
+    assert curves["second_metric"][3:] == [0.0, 1.0, 2.0, 3.0]
+    assert result["train"]["lr"][0] == result["train"]["lr"][3]  # a schedule per phase
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"first_metric", "second_metric"} <= set().union(*logged)
+    saved = np.load(out / "curves.npz")
+    assert saved["train_second_metric"].shape == (7,)
+    header, _ = read_checkpoint(out / "checkpoint-00000003.safetensors")
+    assert header["phase"] == "two" and header["optimizer_phase"] == "one"
+
+
+@pytest.mark.parametrize("stop_at", [2, 3, 5])
+def test_resume_across_a_phase_boundary_equals_the_straight_run(tmp_path, stop_at):
+    straight = Trainer(TwoPart(), None, PairBatches(), config_for(7), phases=two_phases(),
+                       verbose=False).run()
+    calls = {"n": 0}
+
+    def interrupting(loss_fn):
+        def loss(model, batch, context):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return loss_fn(model, batch, context)
+        return loss
+
+    phases = [Phase("one", 3, interrupting(first_loss), ("first.",)),
+              Phase("two", 4, interrupting(second_loss), ("second.",))]
+    out = tmp_path / "run"
+    first = Trainer(TwoPart(), None, PairBatches(), config_for(7), phases=phases, out_dir=out,
+                    verbose=False).run()
+    assert first["interrupted"] and len(first["train"]["loss"]) == stop_at
+    model = TwoPart()
+    resumed = Trainer(model, None, PairBatches(), config_for(7), phases=two_phases(),
+                      out_dir=out, verbose=False).run(resume=True)
+    np.testing.assert_array_equal(resumed["train"]["loss"], straight["train"]["loss"])
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    model = TwoPart()
+    values = iter([3.0, 2.0, 2.5, 2.6, 1.0])
+    states = []
+
+    def evaluate():
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"val": next(values)}
+
+    config = config_for(10, eval_every=1, monitor="val", patience=2)
+    result = Trainer(model, first_loss, PairBatches(), config, evaluate=evaluate,
+                     verbose=False).run()
+    assert result["early_stopped"] and result["train"]["step"] == [1, 2, 3, 4]
+    assert result["best"] == {"step": 2, "value": 2.0}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, states[1][key]), key
+
+
+def test_a_metric_held_back_does_not_count_for_early_stopping():
+    values = iter([{}, {}, {"val": 1.0}, {"val": 2.0}, {"val": 3.0}])
+    config = config_for(10, eval_every=1, monitor="val", patience=2)
+    result = Trainer(TwoPart(), first_loss, PairBatches(), config, evaluate=lambda: next(values),
+                     verbose=False).run()
+    assert result["early_stopped"] and result["train"]["step"][-1] == 5
+    assert np.isnan(result["eval"]["val"][:2]).all()
+
+
+def test_count_tokens_and_move_to():
+    batch = {"ids": torch.zeros(2, 5, dtype=torch.long), "image": torch.zeros(2, 3, 4)}
+    assert count_tokens(batch) == 10
+    assert count_tokens((torch.zeros(2, 7, 3),)) == 14
+    moved = move_to([batch, "label"], torch.device("cpu"))
+    assert moved[1] == "label" and torch.equal(moved[0]["ids"], batch["ids"])
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Phase("a", 0), "steps must be a positive integer"),
+    (lambda: Phase("", 1), "non-empty name"),
+    (lambda: Phase("a", 1, trainable=()), "parameter-name prefixes"),
+    (lambda: Trainer(TwoPart(), first_loss, PairBatches(), config_for(2),
+                     phases=[Phase("a", 1), Phase("a", 1)]), "phase names must be unique"),
+    (lambda: Trainer(TwoPart(), first_loss, PairBatches(), config_for(2),
+                     phases=[Phase("a", 1, trainable=("third.",))]), "trains no parameter"),
+    (lambda: TrainConfig(patience=2), "patience needs monitor"),
+    (lambda: TrainConfig(monitor="val", patience=0), "patience must be a positive integer"),
+])
+def test_bad_phases_and_early_stopping_settings(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

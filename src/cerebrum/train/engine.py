@@ -12,9 +12,24 @@ end. Under torchrun (WORLD_SIZE > 1) it runs data-parallel (DDP; gloo on CPU, nc
 every process draws the same global batch and keeps its share, so the loss
 curve follows the single-process one.
 
-A family hooks in with a loss function `loss_fn(model, batch) -> (loss, metrics dict)` and may
-split training into `Phase`s (seed 002's autoencoder then LM, seed 004's stages), run in order
-with a checkpoint at the end of each.
+A family hooks in with a loss function `loss_fn(model, batch, context) -> (loss, metrics)`:
+`batch` is whatever its batches iterator yields (a tensor, or a dict / tuple of tensors: token
+chunks, images), moved to the training device; `context` is a `StepContext` (the step, the
+phase, and a generator seeded from `TrainConfig.seed` whose state checkpoints keep, for losses
+that sample); `metrics` ({name: float}) reach the progress bar, the curves and the JSONL log.
+Training may be split into `Phase`s (seed 002's autoencoder then language model, seed 004's
+stages), run in order: each has its own loss, its own trainable parameters (the rest are
+frozen while it runs), its own optimiser and its own warm-up and decay over its own steps, and
+ends with a checkpoint.
+
+Evaluation (`evaluate() -> {name: float}`) runs every `eval_every` steps and at the end. With
+`TrainConfig.monitor` naming one of its metrics (lower is better), the weights with the best
+value are kept and restored at the end, and `patience` stops training after that many
+evaluations without improvement (early stopping; an evaluation that does not report the metric
+does not count, so a family can hold it back, e.g. while a KL weight is still annealing).
+
+Which `TrainConfig` fields the engine reads: everything but `batch_size` and `seq_len`, which
+the family's fit reads to build its batches (one config describes a run).
 
 Checkpoints are single safetensors files (no pickle): model and optimiser tensors, RNG states,
 and a JSON header with the step, the phase, the data position, the scheduler and the curves.
@@ -43,7 +58,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from tqdm.auto import tqdm
 
-from cerebrum.brain.persistence import write_bytes_atomically
+from cerebrum._util.files import write_bytes_atomically
 from cerebrum.exceptions import CerebrumFileError
 from cerebrum.train.optim import OPTIMIZERS, build_optimizer
 
@@ -75,17 +90,30 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     eval_every: int = 250
-    eval_batches: int = 8
+    monitor: str | None = None
+    patience: int | None = None
     checkpoint_every: int = 500
     log_every: int = 10
     seed: int = 0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_every",
-                     "eval_batches", "checkpoint_every", "log_every"):
+                     "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.patience is not None:
+            if isinstance(self.patience, bool) or not isinstance(self.patience, int) \
+                    or self.patience < 1:
+                raise ValueError(f"patience must be a positive integer or None, got "
+                                 f"{self.patience!r}")
+            if self.monitor is None:
+                raise ValueError("patience needs monitor: the evaluation metric to watch")
+        if self.monitor is not None and not isinstance(self.monitor, str):
+            raise ValueError(f"monitor must be the name of an evaluation metric, got "
+                             f"{self.monitor!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("lr", "clip_norm"):
@@ -108,11 +136,58 @@ class TrainConfig:
 
 @dataclass
 class Phase:
-    """A stretch of training with its own loss (and optionally its own trainable part)."""
+    """A stretch of training with its own loss and its own trainable part.
+
+    Attributes:
+        name: shown in the progress bar and recorded in checkpoints.
+        steps: optimiser steps in this phase.
+        loss_fn: (model, batch, context) -> (loss, metrics); None: the Trainer's loss_fn.
+        trainable: prefixes of the parameter names (as in `model.named_parameters()`) this
+            phase trains, e.g. ("autoencoder.",); the other parameters are frozen while it
+            runs. None: every parameter.
+    """
 
     name: str
     steps: int
-    loss_fn: Callable | None = None  # None: the Trainer's loss_fn
+    loss_fn: Callable | None = None
+    trainable: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a phase needs a non-empty name, got {self.name!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"phase {self.name!r}: steps must be a positive integer, got "
+                             f"{self.steps!r}")
+        if isinstance(self.trainable, str):
+            self.trainable = (self.trainable,)
+        if self.trainable is not None:
+            self.trainable = tuple(self.trainable)
+            if not self.trainable or not all(isinstance(p, str) for p in self.trainable):
+                raise ValueError(f"phase {self.name!r}: trainable must be parameter-name "
+                                 f"prefixes, got {self.trainable!r}")
+
+    def trains(self, parameter_name: str) -> bool:
+        """Whether this phase trains the parameter of that name."""
+        return self.trainable is None or parameter_name.startswith(self.trainable)
+
+
+@dataclass
+class StepContext:
+    """What a loss function may want to know about the step it computes.
+
+    Attributes:
+        step: the 0-based index of the optimiser step (counted over all phases).
+        phase: the Phase running.
+        phase_step: the 0-based index of the step within its phase.
+        generator: a torch.Generator on the training device, seeded from TrainConfig.seed,
+            saved in checkpoints and restored on resume: draw from it, not from the global
+            RNG, for noise a loss needs (latent samples, masks).
+    """
+
+    step: int
+    phase: Phase
+    phase_step: int
+    generator: torch.Generator
 
 
 def lr_at(step: int, config: TrainConfig, total: int) -> float:
@@ -146,44 +221,91 @@ class Trainer:
 
     Args:
         model: the nn.Module (its parameters' device is the training device).
-        loss_fn: (model, batch) -> (scalar loss, {name: float}) for one micro-batch.
-        batches: an iterator of batches with state_dict / load_state_dict (TokenBatches).
+        loss_fn: (model, batch, context) -> (scalar loss, {name: float}) for one micro-batch;
+            `model` may be wrapped (DDP, torch.compile): call it, do not reach into it.
+        batches: an iterator of batches with state_dict / load_state_dict (TokenBatches);
+            a batch is a tensor or a dict / list / tuple of them.
         config: TrainConfig.
         out_dir: where checkpoints, metrics.jsonl and curves.npz go (None: nowhere).
         evaluate: optional () -> {name: float}, run every eval_every steps and at the end.
         phases: optional list of Phase; their steps replace config.steps.
         extra_state: optional () -> dict of JSON-able values saved in checkpoints (the
-            family's config, tokenizer...), for whoever loads them.
+            family's record of the model), for whoever loads them.
+        upgrade_checkpoint: optional (header, tensors) -> (header, tensors), applied to a
+            checkpoint before resuming from it (a family's way to read its older files).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, batches, config: TrainConfig, *,
                  out_dir=None, evaluate: Callable | None = None,
                  phases: list[Phase] | None = None, extra_state: Callable | None = None,
-                 verbose: bool = True):
+                 upgrade_checkpoint: Callable | None = None, verbose: bool = True):
         self.model, self.loss_fn, self.batches, self.config = model, loss_fn, batches, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.evaluate, self.extra_state, self.verbose = evaluate, extra_state, verbose
-        self.phases = phases or [Phase("train", config.steps)]
+        self.upgrade_checkpoint = upgrade_checkpoint
+        self.phases = list(phases) if phases else [Phase("train", config.steps)]
+        self._check_phases()
         self.total_steps = sum(p.steps for p in self.phases)
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(config.precision, self.device)
         self.distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
-        self.net = model
-        if self.distributed:
-            self.net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if config.compile:
-            self.net = torch.compile(self.net)
-        self.optimizer = build_optimizer(
-            model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-            betas=(config.beta1, config.beta2), fused=self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step = 0
         self.curves: dict[str, list] = {"step": [], "loss": [], "lr": [], "tokens_per_s": []}
         self.eval_curves: dict[str, list] = {"step": []}
+        self.best: dict | None = None  # {"value", "step", "stale", "state"} with a monitor
+        self.net: nn.Module = model
+        self.optimizer = None
+        self._phase_of_optimizer: Phase | None = None
         self._stop_requested = False
+        self._early_stopped = False
+
+    def _check_phases(self) -> None:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be unique, got {names}")
+        parameter_names = [n for n, _ in self.model.named_parameters()]
+        for phase in self.phases:
+            if not any(phase.trains(n) for n in parameter_names):
+                raise ValueError(f"phase {phase.name!r} trains no parameter: no parameter name "
+                                 f"starts with {', '.join(phase.trainable)}")
+
+    # ------------------------------------------------------------------ phases
+
+    def _phase_at(self, step: int) -> tuple[Phase, int]:
+        """The phase of a 0-based step and the step's index within it."""
+        for phase in self.phases:
+            if step < phase.steps:
+                return phase, step
+            step -= phase.steps
+        return self.phases[-1], self.phases[-1].steps
+
+    def _enter_phase(self, phase: Phase) -> None:
+        """Freeze what the phase does not train, then wrap the model (DDP, compile) and build
+        the phase's optimiser over what it does."""
+        if self._phase_of_optimizer is phase:
+            return
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(phase.trains(name))
+        self.net = self.model
+        if self.distributed:  # DDP registers the parameters that require grad: once per phase
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.compile:
+            self.net = torch.compile(self.net)
+        self.optimizer = build_optimizer(
+            self.model, name=self.config.optimizer, lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            betas=(self.config.beta1, self.config.beta2), fused=self.device.type == "cuda")
+        self._phase_of_optimizer = phase
+
+    def _restore_trainable(self, saved: dict[str, bool]) -> None:
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(saved[name])
 
     # ------------------------------------------------------------------ the loop
 
@@ -193,42 +315,47 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=dtype)
         return contextlib.nullcontext()
 
-    def _phase_at(self, step: int) -> Phase:
-        for phase in self.phases:
-            if step < phase.steps:
-                return phase
-            step -= phase.steps
-        return self.phases[-1]
-
-    def _train_step(self, phase: Phase) -> tuple[float, int]:
+    def _train_step(self, phase: Phase, phase_step: int) -> tuple[float, dict, int]:
         loss_fn = phase.loss_fn or self.loss_fn
+        lr = lr_at(phase_step, self.config, phase.steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.config, self.total_steps)
-        total, tokens = 0.0, 0
-        for micro in range(self.config.grad_accum):
-            batch = next(self.batches).to(self.device, non_blocking=True)
-            tokens += batch.numel()
+            group["lr"] = lr
+        context = StepContext(step=self.step, phase=phase, phase_step=phase_step,
+                              generator=self.generator)
+        accum = self.config.grad_accum
+        total, tokens, metrics = 0.0, 0, {}
+        for micro in range(accum):
+            batch = move_to(next(self.batches), self.device)
+            tokens += count_tokens(batch)
             sync = (contextlib.nullcontext() if not self.distributed
-                    or micro == self.config.grad_accum - 1 else self.net.no_sync())
+                    or micro == accum - 1 else self.net.no_sync())
             with sync, self._autocast():
-                loss, _ = loss_fn(self.net, batch)
-            self.scaler.scale(loss / self.config.grad_accum).backward()
-            total += float(loss.detach()) / self.config.grad_accum
+                loss, micro_metrics = loss_fn(self.net, batch, context)
+            self.scaler.scale(loss / accum).backward()
+            total += float(loss.detach()) / accum
+            for name, value in (micro_metrics or {}).items():
+                metrics[name] = metrics.get(name, 0.0) + float(value) / accum
         for optimizer in self.optimizer.optimizers:
             self.scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                 self.config.clip_norm)
         for optimizer in self.optimizer.optimizers:
             self.scaler.step(optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.distributed:  # report the global batch's loss
-            value = torch.tensor([total], device=self.device)
-            dist.all_reduce(value)
-            total = float(value) / self.world_size
-        return total, tokens * self.world_size
+        if self.distributed:  # report the global batch's loss and metrics
+            names = sorted(metrics)
+            values = torch.tensor([total, *(metrics[n] for n in names)], device=self.device)
+            dist.all_reduce(values)
+            values = (values / self.world_size).tolist()
+            total, metrics = values[0], dict(zip(names, values[1:], strict=True))
+        return total, metrics, tokens * self.world_size
 
     def run(self, *, resume: bool = False) -> dict:
-        """Train to the end (or until SIGINT / SIGTERM); returns the curves."""
+        """Train to the end (or until SIGINT / SIGTERM, or early stopping); returns the curves:
+        {"train": {...}, "eval": {...}, "interrupted": bool, "early_stopped": bool,
+        "best": {"step", "value"} or None}."""
+        trainable = {n: p.requires_grad for n, p in self.model.named_parameters()}
         if resume:
             self.load_checkpoint(self.latest_checkpoint())
         handlers = self._install_signal_handlers()
@@ -243,24 +370,25 @@ class Trainer:
             self.model.train()
             start = time.perf_counter()
             while self.step < self.total_steps:
-                phase = self._phase_at(self.step)
-                loss, tokens = self._train_step(phase)
+                phase, phase_step = self._phase_at(self.step)
+                self._enter_phase(phase)
+                loss, metrics, tokens = self._train_step(phase, phase_step)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"the loss became {loss} at step {self.step + 1}; "
                                              "lower lr or check the data")
                 self.step += 1
                 elapsed, start = time.perf_counter() - start, time.perf_counter()
-                self._record(loss, tokens / max(elapsed, 1e-9))
+                self._record(loss, metrics, tokens / max(elapsed, 1e-9))
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / elapsed:,.0f}",
                                      phase=phase.name)
                 if self.evaluate is not None and self.step % self.config.eval_every == 0:
                     self._run_evaluation()
-                end_of_phase = self._phase_at(self.step - 1) is not self._phase_at(self.step)
+                end_of_phase = self._phase_at(self.step)[0] is not phase
                 if (self.step % self.config.checkpoint_every == 0 or end_of_phase
-                        or self._stop_requested):
+                        or self._stop_requested or self._early_stopped):
                     self.save_checkpoint()
-                if self._stop_requested:
+                if self._stop_requested or self._early_stopped:
                     break
             else:
                 if self.evaluate is not None and self.step % self.config.eval_every:
@@ -269,31 +397,50 @@ class Trainer:
         finally:
             progress.close()
             self._restore_signal_handlers(handlers)
+            self._restore_trainable(trainable)
             if flush_denormals:
                 torch.set_flush_denormal(False)
+        finished = not self._stop_requested
+        if finished and self.best is not None:  # the run's result is its best weights
+            self.model.load_state_dict(self.best["state"])
         self._write_curves()
         return {"train": self.curves, "eval": self.eval_curves,
-                "interrupted": self._stop_requested}
+                "interrupted": self._stop_requested, "early_stopped": self._early_stopped,
+                "best": None if self.best is None else
+                {"step": self.best["step"], "value": self.best["value"]}}
 
-    def _record(self, loss: float, tokens_per_s: float) -> None:
-        self.curves["step"].append(self.step)
-        self.curves["loss"].append(loss)
-        self.curves["lr"].append(self.optimizer.param_groups[0]["lr"])
-        self.curves["tokens_per_s"].append(tokens_per_s)
+    def _record(self, loss: float, metrics: dict, tokens_per_s: float) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tokens_per_s,
+               **metrics}
+        _append_row(self.curves, row)
         if self.step % self.config.log_every == 0:
-            self._log({"step": self.step, "loss": loss, "lr": self.curves["lr"][-1],
-                       "tokens_per_s": tokens_per_s})
+            self._log(row)
 
     def _run_evaluation(self) -> None:
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad(), self._autocast():
-            metrics = self.evaluate()
+            metrics = {k: float(v) for k, v in self.evaluate().items()}
         self.model.train(was_training)
-        self.eval_curves["step"].append(self.step)
-        for name, value in metrics.items():
-            self.eval_curves.setdefault(name, []).append(float(value))
-        self._log({"step": self.step, **{f"eval/{k}": float(v) for k, v in metrics.items()}})
+        _append_row(self.eval_curves, {"step": self.step, **metrics})
+        self._log({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        self._track_best(metrics)
+
+    def _track_best(self, metrics: dict) -> None:
+        """Keep the best weights by `monitor`; request early stopping after `patience`
+        evaluations without improvement."""
+        monitor = self.config.monitor
+        if monitor is None or monitor not in metrics:
+            return
+        value = metrics[monitor]
+        if self.best is None or value < self.best["value"]:
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = {"value": value, "step": self.step, "stale": 0, "state": state}
+            return
+        self.best["stale"] += 1
+        if self.config.patience is not None and self.best["stale"] >= self.config.patience:
+            self._early_stopped = True
 
     def _log(self, record: dict) -> None:
         if self.out_dir is None or self.rank != 0:
@@ -338,6 +485,8 @@ class Trainer:
         """Write out_dir/checkpoint-<step>.safetensors (rank 0 only) and return its path."""
         if self.out_dir is None or self.rank != 0:
             return None
+        if self.optimizer is None:  # saved before the first step
+            self._enter_phase(self._phase_at(self.step)[0])
         tensors = {f"model.{k}": v.detach().cpu().clone()  # tied weights: one copy each
                    for k, v in self.model.state_dict().items()}
         param_groups = []
@@ -348,16 +497,24 @@ class Trainer:
                         torch.as_tensor(value).detach().cpu().clone()
             param_groups.append(optim["param_groups"])
         tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.engine"] = self.generator.get_state()
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
+        best = None
+        if self.best is not None:
+            best = {k: self.best[k] for k in ("value", "step", "stale")}
+            tensors.update({f"best.{k}": v.detach().cpu().clone()
+                            for k, v in self.best["state"].items()})
         header = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
-            "phase": self._phase_at(min(self.step, self.total_steps - 1)).name,
+            "phase": self._phase_at(min(self.step, self.total_steps - 1))[0].name,
+            "optimizer_phase": self._phase_of_optimizer.name,
             "param_groups": param_groups,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "data": self.batches.state_dict(), "config": dataclasses.asdict(self.config),
-            "curves": self.curves, "eval_curves": self.eval_curves,
+            "curves": self.curves, "eval_curves": self.eval_curves, "best": best,
+            "early_stopped": self._early_stopped,
             "extra": self.extra_state() if self.extra_state else None,
         }
         path = self.out_dir / f"checkpoint-{self.step:08d}.safetensors"
@@ -369,11 +526,35 @@ class Trainer:
     def load_checkpoint(self, path) -> None:
         """Restore everything a checkpoint holds (see save_checkpoint)."""
         header, tensors = read_checkpoint(path)
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        if self.upgrade_checkpoint is not None:
+            header, tensors = self.upgrade_checkpoint(header, tensors)
         try:
-            self.model.load_state_dict(model_state)
+            self.model.load_state_dict(_with_prefix(tensors, "model."))
         except RuntimeError as err:
             raise CerebrumFileError(f"{path} does not fit this model: {err}") from None
+        self.step = int(header["step"])
+        phase = self._phase_at(self.step)[0]
+        self._enter_phase(phase)
+        # a checkpoint at the end of a phase holds the optimiser of the phase that ended; the
+        # next phase starts its own
+        if header.get("optimizer_phase", header.get("phase")) == phase.name:
+            self._load_optimizer_state(path, header, tensors)
+        if header.get("scaler"):
+            self.scaler.load_state_dict(header["scaler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.engine" in tensors:
+            self.generator.set_state(tensors["rng.engine"])
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
+        self.batches.load_state_dict(header["data"])
+        self.curves, self.eval_curves = header["curves"], header["eval_curves"]
+        self._early_stopped = bool(header.get("early_stopped", False))
+        if header.get("best") is not None:
+            state = {k: v.to(self.device) for k, v in _with_prefix(tensors, "best.").items()}
+            self.best = {**header["best"], "state": state}
+
+    def _load_optimizer_state(self, path, header: dict, tensors: dict) -> None:
         states: list[dict] = [{} for _ in header["param_groups"]]
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -386,15 +567,56 @@ class Trainer:
         except ValueError as err:
             raise CerebrumFileError(f"{path}: the optimiser state does not fit this run: "
                                     f"{err}") from None
-        if header.get("scaler"):
-            self.scaler.load_state_dict(header["scaler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states)
-        self.batches.load_state_dict(header["data"])
-        self.step = int(header["step"])
-        self.curves, self.eval_curves = header["curves"], header["eval_curves"]
+
+
+def _with_prefix(tensors: dict, prefix: str) -> dict:
+    """The tensors whose names start with prefix, without it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _append_row(curves: dict[str, list], row: dict) -> None:
+    """Append one row of values to column lists; a column missing from the row gets NaN and
+    a new column is NaN-padded for the earlier rows, so every column stays aligned with
+    "step" (a phase's metrics appear when it starts)."""
+    length = len(curves["step"])
+    for name in row:
+        if name not in curves:
+            curves[name] = [math.nan] * length
+    for name, column in curves.items():
+        column.append(row.get(name, math.nan))
+
+
+def move_to(batch, device: torch.device):
+    """A batch (a tensor, or a dict / list / tuple of them, nested) on `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def count_tokens(batch) -> int:
+    """What the progress bar's tokens/s counts: the elements of the batch's integer tensors
+    (token ids), or, with none, the rows of its floating-point tensors' last dimension
+    (frames of a (B, T, D) batch, pixels' channel vectors of an image)."""
+    tensors = list(_tensors_in(batch))
+    integers = [t for t in tensors if not t.is_floating_point()]
+    if integers:
+        return sum(t.numel() for t in integers)
+    return sum(t.numel() // max(1, t.shape[-1]) for t in tensors if t.dim() > 0)
+
+
+def _tensors_in(batch):
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for value in batch.values():
+            yield from _tensors_in(value)
+    elif isinstance(batch, (list, tuple)):
+        for value in batch:
+            yield from _tensors_in(value)
 
 
 def read_checkpoint(path) -> tuple[dict, dict]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 
-def next_token_loss(model, batch):
+def next_token_loss(model, batch, context=None):
     """Mean cross-entropy of batch[:, 1:] given batch[:, :-1] (nats per token) for a model
-    whose forward(idx, targets) returns (logits, loss), as GPT's does."""
+    whose forward(idx, targets) returns (logits, loss), as GPT's does. `context` (the engine's
+    StepContext) is not needed: the objective is the same at every step."""
     _, loss = model(batch[:, :-1], batch[:, 1:])
     return loss, {}
