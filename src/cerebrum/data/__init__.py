@@ -5,7 +5,14 @@ stream text for the language models; `ByteTokenizer` / `BPETokenizer` turn it in
 """
 
 from cerebrum.data.arrays import load_arrays
-from cerebrum.data.corpus import Corpus, Document, Source, default_corpus, split_of
+from cerebrum.data.corpus import (
+    Corpus,
+    Document,
+    Source,
+    default_corpus,
+    split_blocks,
+    split_of,
+)
 from cerebrum.data.tokenizers import BPETokenizer, ByteTokenizer, tokenizer_from_dict
 
 __all__ = [
@@ -16,6 +23,7 @@ __all__ = [
     "Source",
     "default_corpus",
     "load_arrays",
+    "split_blocks",
     "split_of",
     "tokenizer_from_dict",
 ]
