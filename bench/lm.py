@@ -27,8 +27,8 @@ import time
 
 import torch
 
+from cerebrum.brain.gpt import GPTLanguageModel, GPTLMConfig
 from cerebrum.data import default_corpus
-from cerebrum.models.language_model import GPTLanguageModel, GPTLMConfig
 from cerebrum.train.metrics import bits_per_byte
 
 SMALL = dict(tokenizer="bpe", vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=128,

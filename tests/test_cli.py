@@ -184,9 +184,12 @@ def test_train_eval_generate_and_resume(text_corpus, capsys):
     assert "done: step 4" in capsys.readouterr().out
     assert sorted(p.name for p in (text_corpus / "run").glob("checkpoint-*")) == [
         "checkpoint-00000004.safetensors"]
-    assert cli.main(["eval", "run", "--corpus", "corpus"]) == 0
-    bpb = float(capsys.readouterr().out.split()[0])
-    assert 0 < bpb < 9
+    assert cli.main(["eval", "run", "--corpus", "corpus", "--brier-positions", "64"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    bpb, brier = float(out[0].split()[0]), float(out[1].split()[0])
+    assert out[0].endswith("bits per byte") and out[1].endswith("BrierLM")
+    assert 0 < bpb < 9 and 0 <= brier <= 100
+    assert "of the validation split of given corpus" in out[2]
     assert cli.main(["generate", "run", "--prompt", "def f", "-n", "8",
                      "--temperature", "0"]) == 0
     assert len(capsys.readouterr().out.rstrip("\n")) > 0  # 8 generated tokens, printed
@@ -196,11 +199,37 @@ def test_train_eval_generate_and_resume(text_corpus, capsys):
     assert "done: step 6" in capsys.readouterr().out
 
 
+def test_training_on_one_text_file_then_evaluating_works(tmp_path, monkeypatch, capsys):
+    """A newcomer's first run: one text file, trained, then scored on its own held-out end
+    without naming the corpus again."""
+    monkeypatch.chdir(tmp_path)
+    lines = [f"line {i}: the quick brown fox jumps over {i % 7} lazy dogs\n" for i in range(4000)]
+    (tmp_path / "book.txt").write_text("".join(lines))  # about 220 KB: 14 blocks of 16 KiB
+    assert cli.main(["train", "gpt", "--corpus", "book.txt", "--steps", "2", "--out", "run",
+                     "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2",
+                     "--set", "block_size=32", "--set", "batch_size=2",
+                     "--set", "verbose=false"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "run", "--brier-positions", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "bits per byte" in out and "the run's corpus: book.txt" in out
+    assert cli.main(["eval", "run", "--split", "test", "--brier-positions", "0"]) == 0
+    assert "of the test split" in capsys.readouterr().out
+    assert cli.main(["train", "gpt", "--corpus", "book.txt", "--validation", "0", "--test",
+                     "0", "--steps", "1", "--out", "run2", "--set", "n_layer=1",
+                     "--set", "n_embd=16", "--set", "n_head=2", "--set", "block_size=32",
+                     "--set", "verbose=false"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "run2"]) == 2
+    assert "holds no documents; hold out more with --validation" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "gpt", "--set", "n_layers=2"], "unknown argument n_layers"),
     (["train", "gpt", "--set", "optimizer=sgd", "--steps", "1"],
      "optimizer must be one of adamw, muon"),
     (["train", "gmm"], "does not train on text corpora"),
+    (["train", "llama"], "unknown family 'llama'; language-model families: gpt"),
     (["train", "gpt", "--corpus", "missing/*.txt", "--steps", "1", "--set", "verbose=false"],
      "matches no file"),
     (["train", "gpt", "--config", "nothere.json"], "no such config file"),

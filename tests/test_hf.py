@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cerebrum import cli
+from cerebrum.brain.gpt import GPTLanguageModel
 from cerebrum.hf import export_hf
-from cerebrum.models.language_model import GPTLanguageModel
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,5 +49,5 @@ def test_export_hf_command_and_errors(tmp_path, capsys):
               eval_every=None)
     assert cli.main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file()
-    with pytest.raises(TypeError, match="takes a GPTLanguageModel"):
+    with pytest.raises(TypeError, match="takes a language model"):
         export_hf(torch.nn.Linear(2, 2), tmp_path / "x")

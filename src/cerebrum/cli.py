@@ -239,21 +239,41 @@ def _run_sample(args) -> int:
 
 # --------------------------------------------------------------------------- language models
 
-_TRAINABLE_ON_TEXT = ("gpt",)
+
+def _language_families() -> list[str]:
+    from cerebrum.brain import language_model  # imports the brain, which registers families
+
+    return language_model.language_families()
+
+
+def _add_corpus_arguments(parser, *, purpose: str) -> None:
+    parser.add_argument("--corpus", action="append", metavar="[NAME=]PATH",
+                        help=f"{purpose}: a file, directory, glob or .jsonl (repeatable); NAME= "
+                        "puts it in a named subset")
+    parser.add_argument("--subset", action="append", metavar="NAME=WEIGHT",
+                        help="sampling weight of a named subset (repeatable)")
+    parser.add_argument("--validation", type=float, metavar="F",
+                        help="fraction of the corpus held out for validation (default 0.01)")
+    parser.add_argument("--test", type=float, metavar="F",
+                        help="fraction held out for testing (default 0.01)")
+    parser.add_argument("--document-bytes", type=int, metavar="N",
+                        help="cut text files larger than N bytes into documents of about N "
+                        "bytes on line boundaries (default 16384); the held-out text of a "
+                        "cut file is its end")
 
 
 def _add_train(subparsers) -> None:
+    families = _language_families()
     parser = subparsers.add_parser(
-        "train", help="train a language model on a text corpus",
+        "train", help=f"train a language model on a text corpus ({', '.join(families)})",
         description="Train a language-model family on a corpus (default: the Python standard "
         "library of this interpreter). Settings are the family's model and fit arguments, from "
-        "--config (TOML or JSON) and --set KEY=VALUE (later wins). Checkpoints go to --out.")
-    parser.add_argument("family", help="the family to train (gpt)")
-    parser.add_argument("--corpus", action="append", metavar="[NAME=]PATH",
-                        help="a file, directory, glob or .jsonl (repeatable); NAME= puts it in "
-                        "a named subset")
-    parser.add_argument("--subset", action="append", metavar="NAME=WEIGHT",
-                        help="sampling weight of a named subset (repeatable)")
+        "--config (TOML or JSON) and --set KEY=VALUE (later wins). Checkpoints go to --out, "
+        "with the corpus's specification, so `cerebrum eval RUN` scores the run's own "
+        f"held-out text. Families: {', '.join(families)}.")
+    parser.add_argument("family", metavar="FAMILY",
+                        help=f"the family to train: {', '.join(families)}")
+    _add_corpus_arguments(parser, purpose="the training corpus")
     parser.add_argument("--config", metavar="FILE", help="a TOML or JSON file of settings")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", dest="overrides",
                         help="one setting (repeatable); VALUE is read as JSON when it parses")
@@ -261,14 +281,26 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--out", default="runs/latest", help="run directory (checkpoints, "
                         "metrics.jsonl, curves.npz)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in --out")
+                        help="continue from the newest checkpoint in --out (on the run's own "
+                        "corpus unless --corpus is given)")
     parser.set_defaults(handler=_run_train)
 
 
 def _corpus_from(args):
+    """The corpus the flags describe, or None when no --corpus was given."""
     from cerebrum.data import Corpus
 
+    options = {name: value for name, value in (
+        ("validation", args.validation), ("test", args.test),
+        ("document_bytes", args.document_bytes)) if value is not None}
     if not args.corpus:
+        if args.subset:
+            raise ValueError("--subset needs --corpus NAME=PATH")
+        if options:
+            from cerebrum.data import default_corpus
+
+            held_out = {k: v for k, v in options.items() if k != "document_bytes"}
+            return default_corpus(**held_out)
         return None
     subsets: dict[str, list[str]] = {}
     for item in args.corpus:
@@ -283,7 +315,7 @@ def _corpus_from(args):
             raise ValueError(f"--subset expects NAME=WEIGHT, got {item!r}") from None
         if not sep:
             raise ValueError(f"--subset expects NAME=WEIGHT, got {item!r}")
-    return Corpus(subsets, weights)
+    return Corpus(subsets, weights, **options)
 
 
 def _read_settings(args) -> dict:
@@ -316,24 +348,50 @@ def _read_settings(args) -> dict:
     return settings
 
 
-def _run_train(args) -> int:
+def _text_family(name: str):
     from cerebrum.brain import registry
-    from cerebrum.models.language_model import GPTLanguageModel, from_checkpoint
 
-    family = registry.get(args.family)
-    if family.name not in _TRAINABLE_ON_TEXT:
-        raise ValueError(f"family {family.name!r} does not train on text corpora; text "
-                         f"families: {', '.join(_TRAINABLE_ON_TEXT)}")
+    families = _language_families()
+    if name not in registry.names():
+        raise ValueError(f"unknown family {name!r}; language-model families: "
+                         f"{', '.join(families)}")
+    if name not in families:
+        raise ValueError(f"family {name!r} does not train on text corpora (fit it with "
+                         f"`cerebrum fit`); language-model families: {', '.join(families)}")
+    return registry.get(name)
+
+
+def _run_corpus(model, args):
+    """The corpus of the flags, else the one the run was trained on, else the default."""
+    from cerebrum.data import Corpus, default_corpus
+
+    corpus = _corpus_from(args)
+    if corpus is not None:
+        return corpus, "given"
+    if getattr(model, "corpus_", None):
+        return Corpus.from_dict(model.corpus_), "the run's"
+    return default_corpus(), "the default (the run did not record its corpus)"
+
+
+def _run_train(args) -> int:
+    from cerebrum.brain.language_model import from_checkpoint
+
+    family = _text_family(args.family)
     config_fields, fit_kwargs = family.split_arguments(_read_settings(args))
     for reserved in ("out_dir", "resume", "corpus"):
         if reserved in fit_kwargs:
             raise ValueError(f"set {reserved} with its own flag, not in the settings")
     if args.resume:
         model = from_checkpoint(args.out)
+        if model.family != family.name:
+            raise ValueError(f"{args.out} is a run of family {model.family!r}, not "
+                             f"{family.name!r}")
+        corpus, _ = _run_corpus(model, args)
     else:
-        model = GPTLanguageModel(family.make_config(config_fields))
+        model = family.build(family.make_config(config_fields))
+        corpus = _corpus_from(args)
     fit_kwargs.setdefault("verbose", True)
-    model.fit(_corpus_from(args), out_dir=args.out, resume=args.resume, **fit_kwargs)
+    model.fit(corpus, out_dir=args.out, resume=args.resume, **fit_kwargs)
     history = model.history_
     last = history["train"]["loss"][-1] if history["train"]["loss"] else float("nan")
     state = "interrupted" if history.get("interrupted") else "done"
@@ -344,30 +402,47 @@ def _run_train(args) -> int:
 
 def _add_eval(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="bits per byte of a trained language model on held-out text",
-        description="Bits per byte (see docs/language-models.md) of the model of RUN (a run "
-        "directory or a checkpoint file) on the validation split of the corpus (default: the "
-        "built-in corpus).")
+        "eval", help="bits per byte and BrierLM of a trained language model on held-out text",
+        description="Score the model of RUN (a run directory or a checkpoint file) on the "
+        "held-out split of a corpus: by default the corpus the run was trained on. Prints "
+        "bits per byte (families with token likelihoods; lower is better) and BrierLM "
+        "(every family; higher is better); see docs/language-models.md.")
     parser.add_argument("run", metavar="RUN")
-    parser.add_argument("--corpus", action="append", metavar="[NAME=]PATH")
-    parser.add_argument("--subset", action="append", metavar="NAME=WEIGHT")
+    _add_corpus_arguments(parser, purpose="score this corpus instead of the run's")
+    parser.add_argument("--split", choices=["validation", "test"], default="validation")
     parser.add_argument("--max-documents", type=int, default=None,
                         help="score at most this many held-out documents")
+    parser.add_argument("--brier-positions", type=int, default=512, metavar="N",
+                        help="positions BrierLM samples (0 skips BrierLM)")
     parser.set_defaults(handler=_run_eval)
 
 
 def _run_eval(args) -> int:
-    from cerebrum.data import default_corpus
-    from cerebrum.models.language_model import from_checkpoint
+    from cerebrum.brain.language_model import from_checkpoint, texts_of
 
     model = from_checkpoint(args.run)
-    corpus = _corpus_from(args) or default_corpus()
-    texts = [d.text for n, d in enumerate(corpus.documents("validation", shuffle=False))
-             if args.max_documents is None or n < args.max_documents]
+    corpus, whose = _run_corpus(model, args)
+    texts = list(texts_of(corpus, args.split, max_documents=args.max_documents))
     if not texts:
-        raise ValueError("the corpus has no documents in its validation split")
-    print(f"{model.bits_per_byte(texts):.4f} bits per byte on {len(texts)} held-out documents")
+        raise ValueError(f"the {args.split} split of {_describe(corpus)} holds no documents; "
+                         "hold out more with --validation / --test, or cut files into smaller "
+                         "documents with --document-bytes")
+    rows = []
+    if model.has_likelihoods:
+        rows.append(("bits per byte", f"{model.bits_per_byte(texts):.4f}"))
+    if args.brier_positions:
+        rows.append(("BrierLM", f"{model.brier_lm(texts, max_positions=args.brier_positions):.2f}"))
+    for name, value in rows:
+        print(f"{value}  {name}")
+    n_bytes = sum(len(t.encode()) for t in texts)
+    print(f"scored {len(texts)} documents ({n_bytes:,} bytes) of the {args.split} split of "
+          f"{whose} corpus: {_describe(corpus)}")
     return 0
+
+
+def _describe(corpus) -> str:
+    describe = getattr(corpus, "describe", None)
+    return describe() if describe is not None else repr(corpus)
 
 
 def _add_generate(subparsers) -> None:
@@ -386,7 +461,7 @@ def _add_generate(subparsers) -> None:
 
 
 def _run_generate(args) -> int:
-    from cerebrum.models.language_model import from_checkpoint
+    from cerebrum.brain.language_model import from_checkpoint
 
     model = from_checkpoint(args.run)
     print(model.generate(args.prompt, args.max_new_tokens, temperature=args.temperature,
@@ -399,15 +474,15 @@ def _add_export_hf(subparsers) -> None:
         "export-hf", help="export a trained language model for Hugging Face Transformers",
         description="Write the model of RUN (a run directory or a checkpoint file) to DIR, "
         "loadable with transformers.AutoModelForCausalLM.from_pretrained(DIR, "
-        "trust_remote_code=True).")
+        "trust_remote_code=True). Families without an exporter say why.")
     parser.add_argument("run", metavar="RUN")
     parser.add_argument("directory", metavar="DIR")
     parser.set_defaults(handler=_run_export_hf)
 
 
 def _run_export_hf(args) -> int:
+    from cerebrum.brain.language_model import from_checkpoint
     from cerebrum.hf import export_hf
-    from cerebrum.models.language_model import from_checkpoint
 
     print(f"wrote {export_hf(from_checkpoint(args.run), args.directory)}")
     return 0

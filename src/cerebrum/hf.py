@@ -1,6 +1,7 @@
 """Export a trained language model as a Hugging Face Transformers directory.
 
-`export_hf(model, directory)` writes a directory that
+`export_hf(model, directory)` writes, for a family with an exporter (the "gpt" family today), a
+directory that
 `transformers.AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)` loads:
     config.json                     the architecture and an auto_map to the two files below
     configuration_cerebrum_gpt.py   a PretrainedConfig
@@ -117,14 +118,24 @@ def _core_source() -> str:
 
 
 def export_hf(model, directory) -> Path:
-    """Write `model` (a GPTLanguageModel, e.g. from `Cerebrum.models[...]` or
-    `from_checkpoint`) as a Transformers directory; returns its path."""
-    from cerebrum.models.language_model import GPTLanguageModel
+    """Write a language model (from `Cerebrum.models[...]`, `from_checkpoint` or `fit`) as a
+    Transformers directory; returns its path. Families with an exporter in `EXPORTERS` (the
+    GPT today) can be exported; others raise TypeError saying why (their `hf_export_note`)."""
+    from cerebrum.brain.language_model import LanguageModel
 
-    if not isinstance(model, GPTLanguageModel):
-        raise TypeError(f"export_hf takes a GPTLanguageModel, got {type(model).__name__}")
+    if not isinstance(model, LanguageModel):
+        raise TypeError(f"export_hf takes a language model (a LanguageModel), got "
+                        f"{type(model).__name__}")
+    exporter = EXPORTERS.get(model.family)
+    if exporter is None:
+        raise TypeError(f"the {model.family!r} family cannot be exported to Hugging Face "
+                        f"Transformers: {model.hf_export_note}")
+    return exporter(model, Path(directory))
+
+
+def _export_gpt(model, directory: Path) -> Path:
+    """The "gpt" family's exporter (see the module docstring for the files)."""
     tokenizer = model._require_tokenizer()
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     c = model.gpt.config
     config = {
@@ -147,3 +158,7 @@ def export_hf(model, directory) -> Path:
     save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "cerebrum_tokenizer.json").write_text(json.dumps(tokenizer.to_dict()))
     return directory
+
+
+#: family name -> exporter(model, directory) -> directory
+EXPORTERS = {"gpt": _export_gpt}

@@ -7,8 +7,8 @@ single-file format.
 """
 
 from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
+from cerebrum.brain import gpt as _gpt  # noqa: F401  (registers gpt)
 from cerebrum.brain import hybrids as _hybrids  # noqa: F401  (registers mmm, vrmgt)
-from cerebrum.brain import language_models as _language_models  # noqa: F401  (registers gpt)
 from cerebrum.brain.cerebrum import MMM, Cerebrum
 from cerebrum.brain.managers import MM, MMMan
 

@@ -44,6 +44,16 @@ _MAX_HEADER_BYTES = 100 << 20
 
 def model_record(model: nn.Module, prefix: str, tensors: dict) -> dict:
     """The JSON record of a model of a registered family; its tensors go into `tensors`."""
+    record = model_header(model, prefix)
+    for name, value in model.state_dict().items():
+        # a copy each: tied weights share storage, which safetensors refuses to write
+        tensors[f"{prefix}.{name}"] = value.detach().cpu().clone()
+    return record
+
+
+def model_header(model: nn.Module, prefix: str) -> dict:
+    """The JSON record of a model of a registered family, its tensors to be found under
+    `prefix` (a training checkpoint holds the same record for the same reader)."""
     family = registry.family_of(model)
     if family is None:
         raise TypeError(
@@ -51,9 +61,6 @@ def model_record(model: nn.Module, prefix: str, tensors: dict) -> dict:
             f"(registered: {', '.join(registry.names())}); register one with "
             "cerebrum.brain.registry.register"
         )
-    for name, value in model.state_dict().items():
-        # a copy each: tied weights share storage, which safetensors refuses to write
-        tensors[f"{prefix}.{name}"] = value.detach().cpu().clone()
     return {
         "family": family.name,
         "config": dataclasses.asdict(family.config_of(model)),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,10 @@ class Family:
             uses a transient MMMan ... and registers that manager under model_id").
         feature_field: the config field that holds the number of observed features.
         description: one line for `cerebrum info` and error messages.
+        trains_on: "arrays" (numeric frames or sequences) or "text" (a corpus: the
+            language-model families, which the `cerebrum train` command lists).
+        fit_parameters: the keywords `fit` accepts after (model, data); read from its
+            signature when not given (a fit that takes **settings names them here).
     """
 
     name: str
@@ -60,14 +64,18 @@ class Family:
     summary_attributes: tuple[str, ...] = ()
     feature_field: str = "n_features"
     description: str = ""
-    fit_parameters: tuple[str, ...] = field(init=False, default=())
+    trains_on: str = "arrays"
+    fit_parameters: tuple[str, ...] = ()
 
     def __post_init__(self):
-        names = tuple(
-            name for name, p in inspect.signature(self.fit).parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        )[2:]  # after (model, data)
-        object.__setattr__(self, "fit_parameters", names)
+        if self.trains_on not in ("arrays", "text"):
+            raise ValueError(f"trains_on must be 'arrays' or 'text', got {self.trains_on!r}")
+        if not self.fit_parameters:
+            names = tuple(
+                name for name, p in inspect.signature(self.fit).parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            )[2:]  # after (model, data)
+            object.__setattr__(self, "fit_parameters", names)
 
     def n_features(self, model: nn.Module) -> int:
         """How many features an observation of `model` has."""
@@ -151,3 +159,10 @@ def family_of(model: nn.Module) -> Family | None:
     mro = type(model).__mro__
     matches = [f for f in _FAMILIES.values() if f.model_class in mro]
     return min(matches, key=lambda f: mro.index(f.model_class)) if matches else None
+
+
+def unregister(name: str) -> Family:
+    """Remove a family from the registry (a plugin's tests, a redefinition); returns it."""
+    family = get(name)
+    del _FAMILIES[name]
+    return family

@@ -334,6 +334,8 @@ class Trainer:
             self.scaler.scale(loss / accum).backward()
             total += float(loss.detach()) / accum
             for name, value in (micro_metrics or {}).items():
+                if isinstance(value, torch.Tensor):
+                    value = value.detach()
                 metrics[name] = metrics.get(name, 0.0) + float(value) / accum
         for optimizer in self.optimizer.optimizers:
             self.scaler.unscale_(optimizer)

@@ -21,8 +21,9 @@ from torch.nn import functional as F
 @torch.no_grad()
 def document_nll(model, ids: list[int], *, stride: int | None = None) -> float:
     """Summed negative log-likelihood in nats of ids[1:] given the preceding ids, under a
-    model with `config.block_size` that maps (1, T) ids to (1, T, V) logits (GPT's forward)."""
-    block = model.config.block_size
+    model that maps (1, T) ids to (1, T, V) logits (or to a tuple that starts with them, as
+    GPT's forward does) and conditions on `context_length` tokens (or `config.block_size`)."""
+    block = getattr(model, "context_length", None) or model.config.block_size
     stride = max(1, block // 2) if stride is None else stride
     device = next(model.parameters()).device
     tokens = torch.as_tensor(ids, dtype=torch.long, device=device)
@@ -31,7 +32,9 @@ def document_nll(model, ids: list[int], *, stride: int | None = None) -> float:
         end = min(len(tokens), scored + (block - 1 if scored == 1 else stride))
         begin = max(0, end - block)
         window = tokens[begin:end].unsqueeze(0)
-        logits, _ = model(window[:, :-1] if end - begin > 1 else window)
+        logits = model(window[:, :-1] if end - begin > 1 else window)
+        if isinstance(logits, tuple):
+            logits = logits[0]
         logits = logits[0].float()
         # logits[j] predicts window[j + 1]; score positions scored..end-1
         first = scored - begin - 1

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cerebrum import Cerebrum
-from cerebrum.models.language_model import GPTLanguageModel, GPTLMConfig
+from cerebrum.brain.gpt import GPTLanguageModel, GPTLMConfig
 
 TINY = dict(block_size=64, n_layer=1, n_head=2, n_embd=32)
 FIT = dict(steps=25, batch_size=8, seq_len=32, warmup_steps=5, random_state=0)
