@@ -9,6 +9,7 @@ generates, and the registration.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +19,7 @@ from cerebrum.brain.language_model import (
     register_language_model,
 )
 from cerebrum.models.gpt import GPT, GPTConfig
+from cerebrum.train.lm import next_token_loss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +52,14 @@ class GPTLanguageModel(LanguageModel):
 
     family = "gpt"
     config_class = GPTLMConfig
+    #: The small config docs/benchmarks.md's GPT rows were chosen from (three screens there).
+    leaderboard_settings: ClassVar[dict] = {
+        "model": dict(tokenizer="bpe", vocab_size=4096, block_size=256, n_layer=4, n_head=4,
+                      n_embd=128, mlp="relu2", zero_init_residual=True, qk_norm=True,
+                      bigram_buckets=32768),
+        "fit": dict(batch_size=8, seq_len=256, lr=3e-3, optimizer="muon", schedule="wsd",
+                    min_lr_ratio=0.0, decay_fraction=0.4, shuffle_rows=32768),
+    }
 
     def build(self) -> None:
         self.gpt = GPT(self.config.gpt_config())
@@ -64,8 +74,7 @@ class GPTLanguageModel(LanguageModel):
 
     def loss(self, model, batch, context):
         """Mean cross-entropy of batch[:, 1:] given batch[:, :-1], nats per token."""
-        _, loss = model(batch[:, :-1], batch[:, 1:])
-        return loss, {}
+        return next_token_loss(model, batch, context)
 
     def token_logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.gpt(ids)[0]

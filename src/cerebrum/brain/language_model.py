@@ -122,6 +122,9 @@ class LanguageModel(nn.Module):
     #: Why `cerebrum.hf.export_hf` cannot export this family (one line), for families it
     #: has no exporter for.
     hf_export_note: ClassVar[str] = "no Transformers wrapper has been written for it yet"
+    #: What `bench/lm.py` trains for the leaderboard: {"model": config fields, "fit": fit
+    #: settings}, a small config that learns on a 2-core CPU in minutes.
+    leaderboard_settings: ClassVar[dict] = {}
 
     def __init__(self, config=None, **kwargs):
         super().__init__()
@@ -170,6 +173,12 @@ class LanguageModel(nn.Module):
         """What BrierLM samples from (and, with likelihoods, scores with): a
         `cerebrum.train.brier.Predictor`."""
         return LogitsPredictor(self.token_logits)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(total, active per token) parameters, shared tensors counted once; a family that
+        routes tokens (mixtures of experts) overrides it to report what one token uses."""
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields each once
+        return total, total
 
     def make_batches(self, corpus: Corpus, config: LMTrainConfig):
         """The training batches: (B, seq_len + 1) token ids streamed from the corpus."""
