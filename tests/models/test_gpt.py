@@ -135,3 +135,32 @@ def test_bad_input_and_settings():
         GPTConfig(qk_norm="yes")
     with pytest.raises(ValueError, match="mlp must be one of swiglu, relu2"):
         GPTConfig(mlp="gelu")
+
+
+def test_the_network_module_stands_alone():
+    """gpt.py imports only torch (the Hugging Face export ships it verbatim), and importing it
+    loads neither numba nor the engine nor the managers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cerebrum.models.gpt; "
+            "print(sorted(m for m in sys.modules if m == 'numba' or "
+            "m.startswith(('cerebrum.train', 'cerebrum.brain', 'cerebrum.mixtures'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("value", [0, 1, 7, -1, True, 2.0, "3", None])
+@pytest.mark.parametrize("minimum", [0, 1])
+def test_its_copy_of_check_positive_int_behaves_as_the_librarys(value, minimum):
+    from cerebrum._util.validation import check_positive_int as library
+    from cerebrum.models.gpt import check_positive_int as copy
+
+    def outcome(check):
+        try:
+            return check(value, name="x", minimum=minimum)
+        except (TypeError, ValueError) as err:
+            return type(err), str(err)
+
+    assert outcome(copy) == outcome(library)
