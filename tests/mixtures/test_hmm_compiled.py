@@ -1,14 +1,18 @@
 """The compiled CPU recursions against the PyTorch ones of `hmm_inference` (themselves checked
 against brute-force enumeration in test_hmm_inference.py)."""
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cerebrum._util.sequences import SequenceBatch
+from cerebrum.exceptions import ConvergenceWarning
+from cerebrum.mixtures import HiddenMarkov
 from cerebrum.mixtures import _hmm_compiled as compiled
 from cerebrum.mixtures import hmm_inference as inference
-from cerebrum.mixtures._sequences import SequenceBatch
 
 pytestmark = pytest.mark.skipif(not compiled.ENABLED, reason="numba not installed")
 
@@ -87,3 +91,49 @@ def test_one_million_steps_with_16_states_stay_finite_in_float32():
     exact, _ = compiled.log_likelihood(log_start.double(), log_trans.double(), log_b.double(),
                                        batch.lengths)
     torch.testing.assert_close(log_lik.double(), exact, rtol=1e-6, atol=0)
+
+
+def _signatures():
+    return {kernel.__name__: set(kernel.signatures) for kernel in compiled.kernels()}
+
+
+def test_warm_up_compiles_every_specialisation_a_fit_uses():
+    """After warm_up, fitting, scoring and decoding in float32 and float64 add no new
+    specialisation, so a first timed fit pays no compilation (however warm_up got them:
+    compiled, loaded from numba's cache, or already present in this process)."""
+    result = compiled.warm_up()
+    assert result.compiled >= 0 and result.loaded >= 0 and result.seconds >= 0
+    assert result.cache_dir == compiled.cache_dir()
+    warmed = _signatures()
+    assert set(warmed) == {"_log_likelihood_kernel", "_forward_backward_kernel",
+                           "_viterbi_kernel"}
+    for name, signatures in warmed.items():
+        assert {sig[2].dtype.name for sig in signatures} >= {"float32", "float64"}, name
+    X = torch.randn(6, 7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for dtype in compiled.DTYPES:
+        model = HiddenMarkov(2, 2, n_mix=2, dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # two iterations are enough
+            model.fit(X, max_iter=2, tol=0)
+        model.score(X)
+        model.decode(X)
+        model.predict_proba([X[0, :3], X[1]])
+    assert _signatures() == warmed
+    again = compiled.warm_up()
+    assert (again.compiled, again.loaded) == (0, 0)
+
+
+def test_demo_reports_the_warm_up_and_the_cache_it_used(monkeypatch):
+    from cerebrum import demo
+
+    def reporting(*result):
+        monkeypatch.setattr(compiled, "warm_up", lambda dtypes=None: compiled.WarmUp(*result))
+        return demo.warm_up_hmm_kernels()
+
+    line = reporting(4.31, 6, 0, "/cache/mixtures_ab12")
+    assert line.startswith("compiled the HMM kernels in 4.3 s") and "/cache/mixtures_ab12" in line
+    assert "every process" in reporting(4.31, 6, 0, None)
+    line = reporting(0.24, 0, 6, "/cache/mixtures_ab12")
+    assert line.startswith("loaded the compiled HMM kernels from numba's cache in 0.2 s")
+    assert "/cache/mixtures_ab12" in line
+    assert "already compiled" in reporting(0.01, 0, 0, "/cache/mixtures_ab12")

@@ -14,12 +14,19 @@ divided by their largest value), accumulated in float64 whatever the input dtype
 normaliser falls below `underflow_threshold` (or is not finite) marks its sequence as not done;
 the caller then recomputes the batch with the PyTorch path, which has an exact log-space
 fallback. Results are returned in the input dtype.
+
+Compilation: the kernels compile on first use, once per dtype of log_b (float32, float64),
+which takes seconds; numba caches the machine code on disk (`cache=True`), so later processes
+load it instead. `warm_up()` pays that cost up front, and `cache_dir()` says where the cache is
+(docs/hidden-markov.md, "Compiled kernels and their cache").
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -60,8 +67,21 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 # --------------------------------------------------------------------------- kernels
 
 if numba is not None:
-    _jit = numba.njit(cache=True, nogil=True, fastmath=False)
-    _pjit = numba.njit(cache=True, nogil=True, parallel=True, fastmath=False)
+
+    def _compiler(**options):
+        """njit with numba's on-disk cache. numba picks the cache directory when a function is
+        decorated (NUMBA_CACHE_DIR, else __pycache__ beside this file, else its user-wide cache
+        directory, the first that is writable) and raises when none is: then compile in every
+        process rather than fail to import."""
+        def decorate(func):
+            try:
+                return numba.njit(cache=True, nogil=True, fastmath=False, **options)(func)
+            except RuntimeError:  # "cannot cache function ...: no locator available"
+                return numba.njit(cache=False, nogil=True, fastmath=False, **options)(func)
+        return decorate
+
+    _jit = _compiler()
+    _pjit = _compiler(parallel=True)
 
     @_jit
     def _scaled_forward(start, trans, log_b, first, last, alpha, emit, scales):
@@ -234,3 +254,62 @@ def viterbi(log_start, log_trans, log_b, lengths):
         _offsets(lengths),
     )
     return torch.from_numpy(paths), torch.from_numpy(best).to(log_b.dtype)
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+#: The dtypes of log_b the front ends accept (`usable`); each compiles its own specialisation.
+DTYPES = (torch.float32, torch.float64)
+
+
+class WarmUp(NamedTuple):
+    """What `warm_up` did: seconds taken, specialisations compiled and loaded from numba's
+    cache, and the cache directory (None: no compiled path, or no writable cache directory)."""
+
+    seconds: float
+    compiled: int
+    loaded: int
+    cache_dir: str | None
+
+
+def kernels() -> tuple:
+    """The numba dispatchers the front ends call (`_scaled_forward` is linked into them);
+    empty without the compiled path."""
+    if not ENABLED:
+        return ()
+    return (_log_likelihood_kernel, _forward_backward_kernel, _viterbi_kernel)
+
+
+def cache_dir() -> str | None:
+    """The directory numba caches the compiled kernels in, as chosen when this module was
+    imported; None when the compiled path is off or numba found no writable directory."""
+    return _forward_backward_kernel.stats.cache_path if ENABLED else None
+
+
+def warm_up(dtypes=DTYPES) -> WarmUp:
+    """Compile, or load from numba's cache, every kernel specialisation that fitting, scoring
+    and decoding use for log_b of these dtypes, by running the front ends on a tiny problem
+    (so the argument types are exactly a real call's). A no-op without the compiled path, and
+    cheap once done in this process; afterwards a first fit pays no compilation."""
+    if not ENABLED:
+        return WarmUp(0.0, 0, 0, None)
+
+    def counts():  # numba counts a miss for each compilation, cached or not
+        stats = [kernel.stats for kernel in kernels()]
+        return (sum(sum(s.cache_misses.values()) for s in stats),
+                sum(sum(s.cache_hits.values()) for s in stats))
+
+    misses, hits = counts()
+    start = time.perf_counter()
+    lengths = torch.tensor([2, 1])
+    for dtype in dtypes:
+        log_start = torch.log(torch.tensor([0.6, 0.4], dtype=dtype))
+        log_trans = torch.log(torch.tensor([[0.7, 0.3], [0.2, 0.8]], dtype=dtype))
+        log_b = -torch.arange(6, dtype=dtype).reshape(2, 3)
+        forward_backward(log_start, log_trans, log_b, lengths)
+        log_likelihood(log_start, log_trans, log_b, lengths)
+        viterbi(log_start, log_trans, log_b, lengths)
+    seconds = time.perf_counter() - start
+    new_misses, new_hits = counts()
+    return WarmUp(seconds, new_misses - misses, new_hits - hits, cache_dir())
