@@ -6,7 +6,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cerebrum import MMM, Cerebrum, HiddenMarkov
-from cerebrum.models._training import kl_weight
+from cerebrum.brain.hybrids import kl_weight
 from cerebrum.models.vrmgt import VariationalRecurrentMarkovGaussianTransformer as VRMGT
 
 pytestmark = pytest.mark.filterwarnings("ignore::cerebrum.ConvergenceWarning")
@@ -79,26 +79,39 @@ def test_training_learns_and_approaches_the_true_likelihood():
 
 
 def test_kl_annealing_and_gradient_clipping_hold():
+    """The KL weight per epoch follows min(1, epoch / kl_anneal_epochs); every update sees
+    gradients clipped to clip_norm, and the raw gradients (summed per step by hooks that run
+    as each parameter's gradient is complete, before the engine clips) were larger, so the
+    clipping was at work."""
     _, X = two_regimes(8, 10)
-    norms = []
+    model = VRMGT(input_dim=2, **SMALL)
+    raw_squares, raw, clipped = [], [], []
 
-    def record(optimizer, args, kwargs):
+    def on_gradient(p):
+        raw_squares.append(float(torch.linalg.vector_norm(p.grad)) ** 2)
+
+    def before_step(optimizer, args, kwargs):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"]
                  if p.grad is not None]
-        norms.append(float(torch.linalg.vector_norm(torch.stack(
+        clipped.append(float(torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(g) for g in grads]))))
+        if raw_squares:
+            raw.append(sum(raw_squares) ** 0.5)
+            raw_squares.clear()
 
-    handle = register_optimizer_step_pre_hook(record)
+    hooks = [p.register_post_accumulate_grad_hook(on_gradient) for p in model.parameters()]
+    hooks.append(register_optimizer_step_pre_hook(before_step))
     try:
-        model = VRMGT(input_dim=2, **SMALL).fit(X, epochs=6, lr=1e-2, clip_norm=0.05,
-                                                kl_anneal_epochs=4, validation_split=0.25,
-                                                patience=None, random_state=0)
+        model.fit(X, epochs=6, lr=1e-2, clip_norm=0.05, kl_anneal_epochs=4,
+                  validation_split=0.25, patience=None, random_state=0)
     finally:
-        handle.remove()
+        for handle in hooks:
+            handle.remove()
     assert model.history_["kl_weight"] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert [kl_weight(e, 0) for e in range(3)] == [1.0, 1.0, 1.0]
-    assert norms and max(norms) <= 0.05 * (1 + 1e-4)
-    assert max(model.history_["grad_norm"]) > 0.05  # the raw gradients were larger
+    assert len(clipped) == len(raw) == 6  # 6 training sequences: one batch per epoch
+    assert max(clipped) <= 0.05 * (1 + 1e-4)
+    assert min(raw) > 0.05  # the raw gradients were larger
 
 
 def test_importance_weighted_bound_rises_to_the_exact_value():
@@ -189,3 +202,123 @@ def test_bad_input():
 def test_targets_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="tgt is not supported by the VRMGT"):
         VRMGT(input_dim=2, **SMALL).fit(np.zeros((2, 3, 2)), tgt=np.zeros((2, 3, 2)))
+
+
+# ---------------------------------------------------------------- the engine's services
+
+
+FIT = dict(epochs=4, lr=5e-3, batch_size=4, kl_anneal_epochs=2, validation_split=0.25,
+           patience=None)
+
+
+def small_model(seed):
+    torch.manual_seed(seed)
+    return VRMGT(input_dim=2, **SMALL)
+
+
+def test_resume_after_sigint_equals_the_uninterrupted_run(tmp_path):
+    """SIGINT from inside the loss at step 5 (of 8: 6 training sequences in batches of 4,
+    4 epochs): the step ends, a checkpoint is written, fit returns with a warning; a fresh
+    model resumed from out_dir (random_state=None: the run's own seed, read back) ends
+    exactly where the straight run ends, history and weights."""
+    import os
+    import signal
+
+    from cerebrum.train.engine import latest_checkpoint, read_checkpoint
+
+    _, X = two_regimes(8, 6)
+    out = tmp_path / "run"
+    interrupted = small_model(0)
+    calls = {"n": 0}
+    training_loss = interrupted.training_loss
+
+    def interrupt_at_fifth_step(*args, **kwargs):
+        calls["n"] += interrupted.training  # not the evaluations' calls (in eval mode)
+        if calls["n"] == 5 and interrupted.training:
+            os.kill(os.getpid(), signal.SIGINT)
+        return training_loss(*args, **kwargs)
+
+    interrupted.training_loss = interrupt_at_fifth_step
+    torch.manual_seed(7)  # random_state=None: the run's seed comes from the global RNG
+    with pytest.warns(UserWarning, match="interrupted after step 5 of 8; fit again with "
+                                         "resume=True"):
+        interrupted.fit(X, out_dir=out, **FIT)
+    assert interrupted.history_["interrupted"] and calls["n"] == 5
+    assert len(interrupted.history_["train_loss"]) == 3  # epochs 0, 1 and part of 2
+    header, _ = read_checkpoint(latest_checkpoint(out))
+    assert header["step"] == 5 and header["data"]["drawn"] == 5
+
+    straight = small_model(0).fit(X, random_state=header["config"]["seed"], **FIT)
+    torch.manual_seed(123)  # the checkpoint restores the weights and every RNG
+    resumed = small_model(1).fit(X, out_dir=out, resume=True, **FIT)
+    assert resumed.history_ == straight.history_
+    assert not resumed.history_["interrupted"] and len(resumed.history_["val_loss"]) == 4
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert resumed.score(X) == straight.score(X)
+
+
+def test_out_dir_gets_checkpoints_and_a_metrics_log_with_the_kl_weight(tmp_path):
+    import json
+
+    from cerebrum.train.engine import read_checkpoint
+
+    _, X = two_regimes(8, 6)
+    out = tmp_path / "run"
+    brain = Cerebrum()
+    model_id = brain.fit_and_add(X, "vrmgt", out_dir=out, checkpoint_every=3, random_state=0,
+                                 **FIT, **SMALL)
+    # 2 batches per epoch: a checkpoint every 3 epochs (step 6) and at the end (step 8)
+    names = sorted(p.name for p in out.glob("checkpoint-*.safetensors"))
+    assert names == ["checkpoint-00000006.safetensors", "checkpoint-00000008.safetensors"]
+    header, _ = read_checkpoint(out / names[-1])
+    assert header["extra"]["model"] == "VariationalRecurrentMarkovGaussianTransformer"
+    assert header["extra"]["config"]["z_dim"] == SMALL["z_dim"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["kl_weight"] for r in steps] == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert [r["epoch"] for r in steps] == [0, 0, 1, 1, 2, 2, 3, 3]
+    evaluations = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    assert [r["step"] for r in evaluations] == [2, 4, 6, 8]
+    # held back from early stopping while the KL weight anneals, then the monitored metric
+    assert ["eval/val_loss" in r for r in evaluations] == [False, False, True, True]
+    history = brain.models[model_id].history_
+    assert history["val_loss"] == [next(v for k, v in r.items() if k.startswith("eval/"))
+                                   for r in evaluations]
+    assert history["kl_weight"] == [0.0, 0.5, 1.0, 1.0]
+    assert (out / "curves.npz").is_file()
+
+
+def test_early_stopping_restores_the_best_weights():
+    """Scripted validation losses: the two epochs of KL annealing (lowest of all) do not
+    count; the best counted epoch is 4; patience 2 stops after epoch 6, and the weights are
+    those of epoch 4."""
+    _, X = two_regimes(8, 6)
+    model = small_model(0)
+    scripted = iter([1.0, 1.0, 5.0, 4.0, 3.0, 3.5, 3.75, 2.0, 2.0, 2.0])
+    snapshots = []
+
+    def validation_loss(x, lengths, generator=None):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return torch.tensor(next(scripted))
+
+    model.validation_loss = validation_loss
+    model.fit(X, epochs=10, lr=1e-2, batch_size=4, kl_anneal_epochs=2, validation_split=0.25,
+              patience=2, random_state=0)
+    history = model.history_
+    assert history["val_loss"] == [1.0, 1.0, 5.0, 4.0, 3.0, 3.5, 3.75]
+    assert history["early_stopped"] and len(history["train_loss"]) == 7
+    assert history["best_val_loss"] == 3.0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshots[4][key]), key
+    assert not torch.equal(snapshots[6]["start_logits"], snapshots[4]["start_logits"])
+
+
+def test_a_non_finite_loss_stops_training_before_it_reaches_the_weights():
+    X = np.random.default_rng(0).normal(size=(6, 5, 2)).astype(np.float32) * 1e30
+    model = small_model(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
+        model.fit(X, epochs=2, random_state=0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key

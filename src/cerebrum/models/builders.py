@@ -16,8 +16,9 @@ MMModel builds one of the seed's model variants from one config and gives them o
     "hmm"       a HiddenMarkov with Gaussian-mixture emissions (exact)
     "vrmgt"     the VariationalRecurrentMarkovGaussianTransformer (ELBO, bound)
     "mmtransformer"  the MMTransformer above (exact)
-All of them train by gradient through the same loop (for "gmm" and "hmm" that is seed 000's
-Adam maximum likelihood); the classical ones can also be fitted by EM through `model.model`.
+All of them train by gradient through the shared engine (`fit` hands over to
+`cerebrum.brain.hybrids.fit_sequences`; for "gmm" and "hmm" that is seed 000's Adam maximum
+likelihood); the classical ones can also be fitted by EM through `model.model`.
 
 Shapes: B sequences, T steps, D = input_dim, E experts, K importance samples.
 """
@@ -34,7 +35,7 @@ from torch import nn
 from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum._util.validation import check_choice, check_positive_int
 from cerebrum.mixtures import GaussianMixture, HiddenMarkov, hmm_inference
-from cerebrum.models._training import padded, train_sequences
+from cerebrum.models._sequence_helpers import padded
 from cerebrum.models.vrmgt import VariationalRecurrentMarkovGaussianTransformer, VRMGTConfig
 from cerebrum.nn.coders import (
     LOGVAR_RANGE,
@@ -248,14 +249,30 @@ class MMModel(nn.Module):
     def fit(self, X, lengths=None, *, epochs: int = 100, lr: float = 1e-3,
             batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
             kl_anneal_epochs: int = 0, validation_split: float = 0.1,
-            patience: int | None = 10, random_state=None, verbose: bool = False):
-        """Gradient training of whichever variant was built (see models/_training.py)."""
-        batch = self._batch(X, lengths)
-        if self.config.kind in ("gmm", "hmm"):
-            self.model.fitted_flag.fill_(True)  # trained by gradient: its verbs may be used
-        self.history_ = train_sequences(
-            self, batch, epochs=epochs, lr=lr, batch_size=batch_size, clip_norm=clip_norm,
-            weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
+            patience: int | None = 10, random_state=None, verbose: bool = False,
+            out_dir=None, resume: bool = False, warmup_steps: int = 0,
+            checkpoint_every: int = 10):
+        """Gradient training of whichever variant was built; returns self, `history_` per
+        epoch. The fit lives in the family glue, `cerebrum.brain.hybrids.fit_sequences` (the
+        shared training engine; its docstring documents every keyword); this method is seed
+        001's convenience entry to it."""
+        from cerebrum.brain.hybrids import fit_sequences
+
+        return fit_sequences(
+            self, X, lengths, epochs=epochs, lr=lr, batch_size=batch_size,
+            clip_norm=clip_norm, weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
             validation_split=validation_split, patience=patience, random_state=random_state,
-            verbose=verbose)
-        return self
+            verbose=verbose, out_dir=out_dir, resume=resume, warmup_steps=warmup_steps,
+            checkpoint_every=checkpoint_every)
+
+    def training_batch(self, X, lengths=None, tgt=None) -> SequenceBatch:
+        """The training sequences, checked (no targets: every variant models its input)."""
+        if tgt is not None:
+            raise ValueError(f"tgt is not supported by MMModel (kind={self.config.kind!r}): "
+                             "every variant is a density model of its input sequences")
+        return self._batch(X, lengths)
+
+    def after_fit(self, batch: SequenceBatch) -> None:
+        """A GaussianMixture / HiddenMarkov trained by gradient may use its verbs now."""
+        if self.config.kind in ("gmm", "hmm"):
+            self.model.fitted_flag.fill_(True)

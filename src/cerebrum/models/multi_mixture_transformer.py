@@ -35,11 +35,10 @@ from torch.nn import functional as F
 from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum._util.validation import check_positive_int
 from cerebrum.mixtures import hmm_inference
-from cerebrum.models._training import (
+from cerebrum.models._sequence_helpers import (
     importance_weighted_bound,
     normalise_positive_ints,
     padded,
-    train_sequences,
 )
 from cerebrum.nn.coders import (
     LOGVAR_RANGE,
@@ -451,23 +450,38 @@ class MultiMixtureTransformer(nn.Module):
     def fit(self, X, lengths=None, *, tgt=None, epochs: int = 100, lr: float = 1e-3,
             batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
             kl_anneal_epochs: int = 0, validation_split: float = 0.1,
-            patience: int | None = 10, random_state=None, verbose: bool = False):
+            patience: int | None = 10, random_state=None, verbose: bool = False,
+            out_dir=None, resume: bool = False, warmup_steps: int = 0,
+            checkpoint_every: int = 10):
         """Train on sequences (any form HiddenMarkov takes, batch-first) with seed 000's loss
         and rules; then set the reconstruction noise to its maximum-likelihood value so that
         `log_likelihoods` scores a proper density. With `tgt`, a (B, T, output_dim) target
         per input step, the transformer is trained too (teacher forced, MSE). Returns self;
-        `history_` per epoch."""
-        batch = self._batch(X, lengths)
-        if tgt is not None:
-            batch = self._with_targets(batch, tgt)
-        self.history_ = train_sequences(
-            self, batch, epochs=epochs, lr=lr, batch_size=batch_size, clip_norm=clip_norm,
-            weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
+        `history_` per epoch. `out_dir` / `resume`: checkpoints, metrics log, exact resume.
+
+        The fit lives in the family glue, `cerebrum.brain.hybrids.fit_sequences` (the shared
+        training engine; its docstring documents every keyword); this method is seed 000's
+        convenience entry to it."""
+        from cerebrum.brain.hybrids import fit_sequences
+
+        return fit_sequences(
+            self, X, lengths, tgt=tgt, epochs=epochs, lr=lr, batch_size=batch_size,
+            clip_norm=clip_norm, weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
             validation_split=validation_split, patience=patience, random_state=random_state,
-            verbose=verbose)
+            verbose=verbose, out_dir=out_dir, resume=resume, warmup_steps=warmup_steps,
+            checkpoint_every=checkpoint_every)
+
+    def training_batch(self, X, lengths=None, tgt=None) -> SequenceBatch:
+        """The training sequences, checked, with their targets alongside when `tgt` is given
+        (frames (N, D + O); `training_loss` splits them again)."""
+        batch = self._batch(X, lengths)
+        return batch if tgt is None else self._with_targets(batch, tgt)
+
+    def after_fit(self, batch: SequenceBatch) -> None:
+        """After training: the reconstruction noise from the training sequences (without
+        their targets), see `_calibrate_noise`."""
         self._calibrate_noise(SequenceBatch(batch.X[:, :self.config.input_dim],
                                             batch.lengths))
-        return self
 
     def _with_targets(self, batch: SequenceBatch, tgt) -> SequenceBatch:
         """The frames of X with their targets alongside, (N, D + O)."""

@@ -33,11 +33,7 @@ from torch import nn
 
 from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum.mixtures import hmm_inference
-from cerebrum.models._training import (
-    importance_weighted_bound,
-    normalise_positive_ints,
-    train_sequences,
-)
+from cerebrum.models._sequence_helpers import importance_weighted_bound, normalise_positive_ints
 from cerebrum.nn.coders import LOGVAR_RANGE, MixtureDecoder, gaussian_kl, gaussian_log_prob, mlp
 from cerebrum.nn.transformer import TimeSeriesTransformer, check_heads
 
@@ -166,7 +162,7 @@ class VariationalRecurrentMarkovGaussianTransformer(nn.Module):
         return (out["log_px_given_z"] - kl_weight * out["kl"])[0]
 
     def training_loss(self, x, lengths, kl_weight, generator=None) -> torch.Tensor:
-        """Negative annealed ELBO per valid frame (the trainer's objective)."""
+        """Negative annealed ELBO per valid frame (the training objective)."""
         return -self.elbo(x, lengths, kl_weight=kl_weight, generator=generator).sum() / (
             lengths.sum())
 
@@ -204,24 +200,36 @@ class VariationalRecurrentMarkovGaussianTransformer(nn.Module):
     def fit(self, X, lengths=None, *, tgt=None, epochs: int = 100, lr: float = 1e-3,
             batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
             kl_anneal_epochs: int = 0, validation_split: float = 0.1,
-            patience: int | None = 10, random_state=None, verbose: bool = False):
+            patience: int | None = 10, random_state=None, verbose: bool = False,
+            out_dir=None, resume: bool = False, warmup_steps: int = 0,
+            checkpoint_every: int = 10):
         """Train on sequences (any form HiddenMarkov takes) by maximising the ELBO; returns
-        self. `history_` holds train_loss / val_loss (negative ELBO per frame), kl_weight and
-        grad_norm per epoch; with a validation split, the weights of the best validation
-        epoch are kept (early stopping after `patience` epochs without improvement).
-        `tgt` (seed 001's target for conditional models) is refused: the VRMGT is a density
-        model of its inputs; the MultiMixtureTransformer takes targets."""
+        self. `history_` holds train_loss / val_loss (negative ELBO per frame) and kl_weight
+        per epoch; with a validation split, the weights of the best validation epoch are kept
+        (early stopping after `patience` epochs without improvement). `out_dir` / `resume`:
+        checkpoints, metrics log and exact resume. `tgt` (seed 001's target for conditional
+        models) is refused: the VRMGT is a density model of its inputs; the
+        MultiMixtureTransformer takes targets.
+
+        The fit lives in the family glue, `cerebrum.brain.hybrids.fit_sequences` (the shared
+        training engine; its docstring documents every keyword); this method is seed 001's
+        convenience entry to it."""
+        from cerebrum.brain.hybrids import fit_sequences
+
+        return fit_sequences(
+            self, X, lengths, tgt=tgt, epochs=epochs, lr=lr, batch_size=batch_size,
+            clip_norm=clip_norm, weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
+            validation_split=validation_split, patience=patience, random_state=random_state,
+            verbose=verbose, out_dir=out_dir, resume=resume, warmup_steps=warmup_steps,
+            checkpoint_every=checkpoint_every)
+
+    def training_batch(self, X, lengths=None, tgt=None) -> SequenceBatch:
+        """The training sequences, checked (the fit's data; `tgt` is refused)."""
         if tgt is not None:
             raise ValueError("tgt is not supported by the VRMGT, a density model of its input "
                              "sequences; the MultiMixtureTransformer (Cerebrum "
                              "model_type='mmm') trains a transformer toward targets")
-        batch = self._batch(X, lengths)
-        self.history_ = train_sequences(
-            self, batch, epochs=epochs, lr=lr, batch_size=batch_size, clip_norm=clip_norm,
-            weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
-            validation_split=validation_split, patience=patience, random_state=random_state,
-            verbose=verbose)
-        return self
+        return self._batch(X, lengths)
 
     def get_transmat(self) -> np.ndarray:
         """The Markov transition matrix (S, S) as NumPy."""
