@@ -318,10 +318,17 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
     config = config_for(10, eval_every=1, monitor="val", patience=2)
     result = Trainer(model, first_loss, PairBatches(), config, evaluate=evaluate,
-                     verbose=False).run()
+                     out_dir=tmp_path / "run", verbose=False).run()
     assert result["early_stopped"] and result["train"]["step"] == [1, 2, 3, 4]
     assert result["best"] == {"step": 2, "value": 2.0}
     for key, value in model.state_dict().items():
+        assert torch.equal(value, states[1][key]), key
+    # resuming a run that stopped early trains no further and ends with the same weights
+    again = TwoPart()
+    resumed = Trainer(again, first_loss, PairBatches(), config, evaluate=evaluate,
+                      out_dir=tmp_path / "run", verbose=False).run(resume=True)
+    assert resumed["early_stopped"] and resumed["train"]["step"] == [1, 2, 3, 4]
+    for key, value in again.state_dict().items():
         assert torch.equal(value, states[1][key]), key
 
 

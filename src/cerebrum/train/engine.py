@@ -224,7 +224,8 @@ class Trainer:
         loss_fn: (model, batch, context) -> (scalar loss, {name: float}) for one micro-batch;
             `model` may be wrapped (DDP, torch.compile): call it, do not reach into it.
         batches: an iterator of batches with state_dict / load_state_dict (TokenBatches);
-            a batch is a tensor or a dict / list / tuple of them.
+            a batch is a tensor or a dict / list / tuple of them. If it has a
+            `count_tokens(batch)` method, that is what tokens/s counts (else `count_tokens`).
         config: TrainConfig.
         out_dir: where checkpoints, metrics.jsonl and curves.npz go (None: nowhere).
         evaluate: optional () -> {name: float}, run every eval_every steps and at the end.
@@ -262,6 +263,7 @@ class Trainer:
         self._phase_of_optimizer: Phase | None = None
         self._stop_requested = False
         self._early_stopped = False
+        self._count_tokens = getattr(batches, "count_tokens", count_tokens)
 
     def _check_phases(self) -> None:
         names = [p.name for p in self.phases]
@@ -326,7 +328,7 @@ class Trainer:
         total, tokens, metrics = 0.0, 0, {}
         for micro in range(accum):
             batch = move_to(next(self.batches), self.device)
-            tokens += count_tokens(batch)
+            tokens += self._count_tokens(batch)
             sync = (contextlib.nullcontext() if not self.distributed
                     or micro == accum - 1 else self.net.no_sync())
             with sync, self._autocast():
@@ -371,7 +373,8 @@ class Trainer:
         try:
             self.model.train()
             start = time.perf_counter()
-            while self.step < self.total_steps:
+            # a run that stopped early (and was then resumed) has nothing left to do
+            while self.step < self.total_steps and not self._early_stopped:
                 phase, phase_step = self._phase_at(self.step)
                 self._enter_phase(phase)
                 loss, metrics, tokens = self._train_step(phase, phase_step)
