@@ -20,6 +20,7 @@ from cerebrum.brain.language_model import (
     from_checkpoint,
     language_families,
 )
+from cerebrum.data import Corpus
 from cerebrum.hf import export_hf
 from cerebrum.train.engine import Trainer
 from tests.brain import _toy_family
@@ -39,18 +40,24 @@ def toy_families():
 
 @pytest.fixture
 def corpus_dir(tmp_path):
+    """200 small files. Document ids are their (temporary, so varying) paths: the tests hold
+    out 10% so that the validation split is never empty (0.9^200)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for i in range(200):  # enough documents that the 1% validation split is not empty
+    for i in range(200):
         (corpus / f"f{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 4)
     return corpus
+
+
+def held_out(corpus_dir):
+    return Corpus(str(corpus_dir), validation=0.1)
 
 
 def test_a_two_phase_family_trains_each_phase_and_logs_its_metrics(toy_families, corpus_dir,
                                                                    tmp_path):
     model = _toy_family.ToyLM(width=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.fit(str(corpus_dir), out_dir=tmp_path / "run", **FIT)
+    model.fit(held_out(corpus_dir), out_dir=tmp_path / "run", **FIT)
     train = model.history_["train"]
     assert train["step"] == list(range(1, 9))
     assert all(math.isfinite(a) for a in train["aux"][:4]) and np.isnan(train["aux"][4:]).all()
@@ -70,7 +77,7 @@ def test_a_two_phase_family_trains_each_phase_and_logs_its_metrics(toy_families,
 def test_a_family_goes_through_the_managers_files_and_checkpoints(toy_families, corpus_dir,
                                                                   tmp_path):
     brain = Cerebrum()
-    brain.fit_and_add(str(corpus_dir), "toy", model_id="toy", width=4, out_dir=tmp_path / "r",
+    brain.fit_and_add(held_out(corpus_dir), "toy", model_id="toy", width=4, out_dir=tmp_path / "r",
                       **FIT)
     text = ["def f3(x):\n    return x + 3\n" * 3]
     bpb = brain.score("toy", text)
@@ -107,7 +114,8 @@ def test_a_family_without_likelihoods_has_brier_but_no_bits_per_byte(toy_familie
 def test_the_cli_trains_evaluates_and_lists_any_family(toy_families, corpus_dir, tmp_path,
                                                        monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", "toy", "--corpus", str(corpus_dir), "--out", "run",
+    assert cli.main(["train", "toy", "--corpus", str(corpus_dir), "--validation", "0.1",
+                     "--out", "run",
                      "--steps", "4", "--set", "width=4", "--set", "batch_size=4",
                      "--set", "seq_len=16", "--set", "verbose=false"]) == 0
     assert "done: step 4" in capsys.readouterr().out
