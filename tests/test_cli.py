@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cerebrum import cli, demo
@@ -241,3 +242,26 @@ def test_language_model_verb_errors(text_corpus, capsys, argv, message):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_two_identical_training_runs_give_identical_curves(text_corpus):
+    runs = []
+    for out in ("one", "two"):
+        assert cli.main(["train", "gpt", "--corpus", "corpus", "--config", "cfg.toml",
+                         "--steps", "3", "--out", out, "--set", "verbose=false"]) == 0
+        runs.append(np.load(text_corpus / out / "curves.npz")["train_loss"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--set", "lr=abc"], "lr must be a finite number, got 'abc'"),
+    (["--set", "lr=Infinity"], "lr must be a finite number, got inf"),
+    (["--set", "random_state=abc"], "must be an integer, got 'abc'"),
+    (["--out", "cfg.toml"], "--out cfg.toml is a file, not a run directory"),
+])
+def test_training_settings_are_checked_before_training(text_corpus, capsys, argv, message):
+    assert cli.main(["train", "gpt", "--corpus", "corpus", "--config", "cfg.toml",
+                     "--steps", "1", "--set", "verbose=false", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (text_corpus / "runs").exists()

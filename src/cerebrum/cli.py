@@ -361,6 +361,21 @@ def _text_family(name: str):
     return registry.get(name)
 
 
+def _check_run_directory(out) -> None:
+    """Refuse an --out that training could not write to, before training."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the run directory {out}: {err.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"the run directory {out} is not writable")
+
+
 def _run_corpus(model, args):
     """The corpus of the flags, else the one the run was trained on, else the default."""
     from cerebrum.data import Corpus, default_corpus
@@ -388,8 +403,20 @@ def _run_train(args) -> int:
                              f"{family.name!r}")
         corpus, _ = _run_corpus(model, args)
     else:
-        model = family.build(family.make_config(config_fields))
+        import torch
+
+        seed = fit_kwargs.get("random_state", fit_kwargs.get("seed", 0))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"random_state (the seed) must be an integer, got {seed!r}")
+        with torch.random.fork_rng(devices=[]):  # the run's seed draws the initial weights
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = family.build(family.make_config(config_fields))
         corpus = _corpus_from(args)
+    # refuse bad settings and an unusable --out before anything is written or trained
+    model.fit_config(**{k: v for k, v in fit_kwargs.items()
+                        if k != "verbose" and not (k == "eval_every" and v is None)})
+    _check_run_directory(args.out)
     fit_kwargs.setdefault("verbose", True)
     model.fit(corpus, out_dir=args.out, resume=args.resume, **fit_kwargs)
     history = model.history_

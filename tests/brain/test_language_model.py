@@ -193,3 +193,45 @@ def test_fit_settings_are_one_config(corpus_dir):
     finally:
         seam.Trainer = original
     assert seen["config"].batch_size == 2 and seen["config"].seed == 7
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    (dict(temperature=-1.0), ValueError, "temperature must be a finite number >= 0"),
+    (dict(temperature=float("nan")), ValueError, "temperature must be a finite number"),
+    (dict(temperature=float("inf")), ValueError, "temperature must be a finite number"),
+    (dict(temperature="hot"), TypeError, "temperature must be a number"),
+    (dict(top_k=0), ValueError, "top_k must be >= 1"),
+    (dict(top_k=2.5), TypeError, "top_k must be an integer"),
+    (dict(top_p=0.0), ValueError, r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), ValueError, r"top_p must be in \(0, 1\]"),
+    (dict(top_p=float("nan")), ValueError, r"top_p must be in \(0, 1\]"),
+    (dict(prompt=None), TypeError, "prompt must be a str, got NoneType"),
+    (dict(prompt=b"def"), TypeError, "prompt must be a str, got bytes"),
+    (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be >= 0"),
+])
+def test_generate_refuses_impossible_settings(kwargs, error, message):
+    model = GPTLanguageModel(block_size=32, n_layer=1, n_head=2, n_embd=16)
+    arguments = {"prompt": "def", "max_new_tokens": 4, **kwargs}
+    with pytest.raises(error, match=message):
+        model.generate(arguments.pop("prompt"), **arguments)
+
+
+def test_scores_refuse_what_is_not_text():
+    model = GPTLanguageModel(block_size=32, n_layer=1, n_head=2, n_embd=16)
+    with pytest.raises(TypeError, match="texts must be strings"):
+        model.score([123])
+
+
+@pytest.mark.parametrize("tokenizer", ["bytes", "bpe"])
+def test_a_failed_fit_leaves_the_model_as_it_was(corpus_dir, tokenizer):
+    extra = {"vocab_size": 300} if tokenizer == "bpe" else {}
+    model = GPTLanguageModel(block_size=32, n_layer=1, n_head=2, n_embd=16, tokenizer=tokenizer,
+                             **extra)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="the loss became"):
+        model.fit(str(corpus_dir), steps=20, batch_size=2, seq_len=16, warmup_steps=0,
+                  lr=1e30, clip_norm=1e30, eval_every=None, shuffle_rows=0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert (model.tokenizer is None) == (tokenizer == "bpe")
+    assert model.history_ == {} and model.corpus_ is None

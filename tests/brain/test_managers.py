@@ -222,3 +222,18 @@ def test_classify_rejects_incomparable_models():
         brain.classify(blobs())
     with pytest.raises(ValueError, match="brain is empty"):
         Cerebrum().classify(blobs())
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "tpu", "mps:3"])
+def test_a_device_this_machine_lacks_is_named_with_the_ones_it_has(tmp_path, device):
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    brain = Cerebrum()
+    with pytest.raises(ValueError, match=r"was asked for, but this machine has cpu|"
+                                         r"must be a torch device"):
+        brain.fit_and_add(np.zeros((10, 2)), "gmm", n_components=1, device=device)
+    brain.fit_and_add(np.arange(20.0).reshape(10, 2), "gmm", model_id="g", n_components=1,
+                      random_state=0)
+    brain.save(tmp_path / "b.cbm")
+    with pytest.raises(ValueError, match=r"was asked for|must be a torch device"):
+        Cerebrum.load(tmp_path / "b.cbm", device=device)

@@ -363,3 +363,21 @@ def test_count_tokens_and_move_to():
 def test_bad_phases_and_early_stopping_settings(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_resuming_drops_the_logged_steps_past_the_checkpoint(corpus_dir, tmp_path):
+    """A run killed after its last checkpoint has logged steps the resumed run does again."""
+    out = tmp_path / "run"
+    model, batches = build(corpus_dir)
+    Trainer(model, next_token_loss, batches, config_for(4, checkpoint_every=2), out_dir=out,
+            verbose=False).run()
+    for path in out.glob("checkpoint-0000000[34].safetensors"):
+        path.unlink()  # as if killed between step 2's checkpoint and the end
+    with (out / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 3, "loss"')  # and cut short mid-record
+    model, batches = build(corpus_dir)
+    Trainer(model, next_token_loss, batches, config_for(4, checkpoint_every=2), out_dir=out,
+            verbose=False).run(resume=True)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4]

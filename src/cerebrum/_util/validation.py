@@ -177,3 +177,29 @@ def check_fit_settings(method, init, max_iter, n_init, tol, reg_covar, lr, *, me
     if lr == 0 and method == "gradient":
         raise ValueError("lr must be > 0 for method='gradient', got 0")
     return method, init, max_iter, n_init, tol, reg_covar, lr
+
+
+def check_device(device) -> torch.device | None:
+    """`device` as a torch.device (None stays None), or a ValueError that names the device
+    asked for and the ones this machine has (torch's own error is an AssertionError from
+    deep inside the first allocation)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got "
+                         f"{device!r} ({err})") from None
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        available.append("mps")
+    if device.type == "cpu":
+        return device
+    index = 0 if device.index is None else device.index
+    if f"{device.type}:{index}" not in available and device.type not in available:
+        raise ValueError(f"device {str(device)!r} was asked for, but this machine has "
+                         f"{', '.join(available)}")
+    return device

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from cerebrum._util.sequences import as_sequence_batch
+from cerebrum._util.validation import check_device
 from cerebrum.brain import persistence, registry
 from cerebrum.brain.managers import (
     MM,
@@ -92,6 +93,7 @@ class Cerebrum(nn.Module):
         """
         family = registry.get(model_type)
         model_id = self._check_new_id(model_id)
+        device = check_device(device)
         if family.managed:
             manager = MMMan()
             manager.fit(data, family.name, data_id=model_id, device=device, **kwargs)

@@ -34,6 +34,7 @@ rebuilds either. Checkpoints written before this seam (the GPT alone; "extra" he
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
@@ -41,7 +42,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from cerebrum._util.validation import check_positive_int
+from cerebrum._util.validation import check_device, check_positive_int
 from cerebrum.brain import persistence, registry
 from cerebrum.data.corpus import Corpus, default_corpus
 from cerebrum.data.tokenizers import BPETokenizer, ByteTokenizer, tokenizer_from_dict
@@ -252,6 +253,17 @@ class LanguageModel(nn.Module):
             del settings["eval_every"]
         config = self.fit_config(config, **settings)
         corpus = as_corpus(corpus)
+        saved = self._snapshot()
+        try:
+            self._fit(corpus, config, evaluation=evaluation, out_dir=out_dir, resume=resume,
+                      verbose=verbose)
+        except BaseException:
+            self._restore(saved)  # a failed fit leaves the model as it was
+            raise
+        return self
+
+    def _fit(self, corpus: Corpus, config: LMTrainConfig, *, evaluation: bool, out_dir,
+             resume: bool, verbose: bool) -> None:
         if self.tokenizer is None:
             self._train_tokenizer(corpus, config.seed)
         held_out = [d.text for _, d in zip(range(config.eval_documents),
@@ -270,7 +282,19 @@ class LanguageModel(nn.Module):
                           extra_state=self.checkpoint_record,
                           upgrade_checkpoint=upgrade_checkpoint)
         self.history_ = trainer.run(resume=resume)
-        return self
+
+    def _snapshot(self) -> dict:
+        """What fit changes: weights (copied off the device, to spare its memory), tokenizer,
+        fitted attributes."""
+        return {"state": {k: v.detach().to("cpu", copy=True)
+                          for k, v in self.state_dict().items()},
+                "tokenizer": self.tokenizer, "history_": self.history_,
+                "corpus_": self.corpus_}
+
+    def _restore(self, saved: dict) -> None:
+        self.load_state_dict(saved["state"])
+        self.tokenizer, self.history_ = saved["tokenizer"], saved["history_"]
+        self.corpus_ = saved["corpus_"]
 
     def checkpoint_record(self) -> dict:
         """What a checkpoint keeps of the model: its record (the one a model file holds, with
@@ -292,6 +316,7 @@ class LanguageModel(nn.Module):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         check_positive_int(max_new_tokens, name="max_new_tokens", minimum=0)
+        check_sampling(temperature, top_k, top_p)
         tokenizer = self._require_tokenizer()
         ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
         generator = None
@@ -363,6 +388,22 @@ class _LogitsNetwork(nn.Module):
 
     def forward(self, ids):
         return self.model.token_logits(ids)
+
+
+def check_sampling(temperature, top_k, top_p) -> None:
+    """ValueError / TypeError naming the first impossible sampling setting."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), got "
+                         f"{temperature}")
+    if top_k is not None:
+        check_positive_int(top_k, name="top_k")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+            raise TypeError(f"top_p must be a number, got {type(top_p).__name__}")
+        if not 0 < top_p <= 1:  # NaN fails this too
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def _as_texts(texts) -> list[str]:
@@ -453,6 +494,7 @@ def from_checkpoint(run, device=None) -> LanguageModel:
     """The model of a training run of any registered language-model family: `run` is a run
     directory (its newest checkpoint) or a checkpoint file written by `fit(out_dir=...)`.
     `history_` gets the run's curves."""
+    device = check_device(device)
     path = checkpoint_path(run)
     header, tensors = upgrade_checkpoint(*read_checkpoint(path))
     record = (header.get("extra") or {}).get("record")

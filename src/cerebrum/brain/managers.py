@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from cerebrum._util.validation import check_device
 from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
 from cerebrum.brain import persistence, registry
 
@@ -205,6 +206,7 @@ class MMMan(ModelStore):
         the id. Keywords are the family's model arguments (n_components, covariance_type,
         n_mix, ...) and its fit arguments (max_iter, tol, lengths, random_state, ...)."""
         family = registry.get(model_type)
+        device = check_device(device)
         if isinstance(data, nn.Module):
             if not isinstance(data, family.model_class):
                 raise TypeError(

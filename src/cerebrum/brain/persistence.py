@@ -29,6 +29,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from cerebrum._util.files import write_bytes_atomically
+from cerebrum._util.validation import check_device
 from cerebrum.brain import registry
 from cerebrum.exceptions import CerebrumFileError
 
@@ -71,6 +72,7 @@ def model_header(model: nn.Module, prefix: str) -> dict:
 
 def model_from_record(record: dict, tensors: dict, *, source: str, device=None) -> nn.Module:
     """Rebuild a model from its record and tensors (`source` names the file in errors)."""
+    device = check_device(device)
     try:
         family = registry.get(record["family"])
         config = family.make_config(record["config"])
@@ -117,6 +119,7 @@ def write_file(path, kind: str, record: dict, tensors: dict) -> Path:
 
 def read_file(path, *, expect: tuple[str, ...] = KINDS, device=None):
     """(kind, record, tensors) of a Cerebrum file, checked before anything is trusted."""
+    device = check_device(device)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")

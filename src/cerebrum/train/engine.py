@@ -114,11 +114,21 @@ class TrainConfig:
         if self.monitor is not None and not isinstance(self.monitor, str):
             raise ValueError(f"monitor must be the name of an evaluation metric, got "
                              f"{self.monitor!r}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        for name in ("lr", "clip_norm", "min_lr_ratio", "decay_fraction", "weight_decay",
+                     "beta1", "beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         for name in ("lr", "clip_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0 or not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"weight_decay must be >= 0 and beta1, beta2 in [0, 1), got "
+                             f"{self.weight_decay}, {self.beta1}, {self.beta2}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.schedule not in SCHEDULES:
@@ -454,6 +464,17 @@ class Trainer:
         with (self.out_dir / "metrics.jsonl").open("a") as out:
             out.write(json.dumps(record) + "\n")
 
+    def _forget_logged_steps_after(self, step: int) -> None:
+        """Drop the metrics.jsonl records past `step`: a run killed after its last checkpoint
+        logged steps that the resumed run does again (rewritten atomically)."""
+        path = None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+        if path is None or self.rank != 0 or not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= step]
+        if len(kept) != len(lines):
+            write_bytes_atomically(path, "".join(kept).encode())
+
     def _write_curves(self) -> None:
         if self.out_dir is None or self.rank != 0:
             return
@@ -554,6 +575,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(cuda_states)
         self.batches.load_state_dict(header["data"])
         self.curves, self.eval_curves = header["curves"], header["eval_curves"]
+        self._forget_logged_steps_after(self.step)
         self._early_stopped = bool(header.get("early_stopped", False))
         if header.get("best") is not None:
             state = {k: v.to(self.device) for k, v in _with_prefix(tensors, "best.").items()}
@@ -572,6 +594,15 @@ class Trainer:
         except ValueError as err:
             raise CerebrumFileError(f"{path}: the optimiser state does not fit this run: "
                                     f"{err}") from None
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl record (a line that is not one, e.g. cut short by a
+    kill, counts as past every step)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _with_prefix(tensors: dict, prefix: str) -> dict:
