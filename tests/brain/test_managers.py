@@ -195,6 +195,10 @@ def test_classify_picks_the_speaker_and_returns_each_models_log_likelihood():
     for c, model_id in enumerate(candidates):
         np.testing.assert_allclose(scores[:, c], brain.get_log_likelihoods(model_id, test),
                                    rtol=1e-5)
+    # one id is one id, not its characters
+    one, one_scores, one_candidates = brain.classify(test, model_ids="speaker1")
+    assert list(one_candidates) == ["speaker1"] and set(one) == {"speaker1"}
+    np.testing.assert_array_equal(one_scores[:, 0], scores[:, 1])
 
 
 def test_classify_compares_families_on_log_p_of_the_whole_sequence():

@@ -180,6 +180,8 @@ class Cerebrum(nn.Module):
 
     def _candidates(self, model_ids):
         """[(label, model, family)] of the models classify compares."""
+        if isinstance(model_ids, str):  # one id, not its characters
+            model_ids = [model_ids]
         if model_ids is not None and not list(model_ids):
             raise ValueError("model_ids is empty")
         found = list(iter_models(self, model_ids))
@@ -300,7 +302,9 @@ class Cerebrum(nn.Module):
 def iter_models(brain: Cerebrum, model_ids=None):
     """(label, model, family or None) for every model of the chosen entries: a single model
     is labelled by its entry id, a manager's models by the entry id when stored under it and
-    "entry/data_id" otherwise."""
+    "entry/data_id" otherwise. `model_ids` is a list of ids or one id."""
+    if isinstance(model_ids, str):
+        model_ids = [model_ids]
     for model_id in brain.models.keys() if model_ids is None else model_ids:
         entry = brain._entry(model_id)
         if isinstance(entry, ModelStore):
