@@ -92,7 +92,7 @@ def settings_with(family, overrides: list[str]) -> tuple[dict, dict]:
 
 
 def tokens_per_step(training: dict, model) -> int:
-    config = model.fit_config(**{k: v for k, v in training.items()})
+    config = model.fit_config(**training)
     return config.batch_size * config.seq_len * config.grad_accum
 
 

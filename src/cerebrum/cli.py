@@ -451,7 +451,7 @@ def _run_eval(args) -> int:
     corpus, whose = _run_corpus(model, args)
     texts = list(texts_of(corpus, args.split, max_documents=args.max_documents))
     if not texts:
-        raise ValueError(f"the {args.split} split of {_describe(corpus)} holds no documents; "
+        raise ValueError(f"the {args.split} split of {corpus.describe()} holds no documents; "
                          "hold out more with --validation / --test, or cut files into smaller "
                          "documents with --document-bytes")
     rows = []
@@ -463,13 +463,8 @@ def _run_eval(args) -> int:
         print(f"{value}  {name}")
     n_bytes = sum(len(t.encode()) for t in texts)
     print(f"scored {len(texts)} documents ({n_bytes:,} bytes) of the {args.split} split of "
-          f"{whose} corpus: {_describe(corpus)}")
+          f"{whose} corpus: {corpus.describe()}")
     return 0
-
-
-def _describe(corpus) -> str:
-    describe = getattr(corpus, "describe", None)
-    return describe() if describe is not None else repr(corpus)
 
 
 def _add_generate(subparsers) -> None:

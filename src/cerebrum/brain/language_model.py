@@ -266,16 +266,14 @@ class LanguageModel(nn.Module):
              resume: bool, verbose: bool) -> None:
         if self.tokenizer is None:
             self._train_tokenizer(corpus, config.seed)
-        held_out = [d.text for _, d in zip(range(config.eval_documents),
-                                           corpus.documents("validation", shuffle=False),
-                                           strict=False)]
+        held_out = list(texts_of(corpus, "validation", max_documents=config.eval_documents))
 
         def evaluate() -> dict:
             if not held_out or not self.has_likelihoods:
                 return {}
             return {"bits_per_byte": self.bits_per_byte(held_out)}
 
-        self.corpus_ = _corpus_record(corpus)
+        self.corpus_ = corpus.to_dict()  # a run remembers what it was trained on
         trainer = Trainer(self, self.loss, self.make_batches(corpus, config), config,
                           out_dir=out_dir, phases=self.phases(config), verbose=verbose,
                           evaluate=evaluate if evaluation else None,
@@ -415,12 +413,6 @@ def _as_texts(texts) -> list[str]:
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be strings (or a Corpus)")
     return texts
-
-
-def _corpus_record(corpus: Corpus) -> dict | None:
-    """The corpus's specification (a run remembers what it was trained on)."""
-    to_dict = getattr(corpus, "to_dict", None)
-    return to_dict() if to_dict is not None else None
 
 
 # --------------------------------------------------------------------------- registration
