@@ -296,11 +296,13 @@ def _corpus_from(args):
     if not args.corpus:
         if args.subset:
             raise ValueError("--subset needs --corpus NAME=PATH")
+        if "document_bytes" in options:
+            raise ValueError("--document-bytes applies to --corpus files; the built-in corpus "
+                             "keeps its files whole")
         if options:
             from cerebrum.data import default_corpus
 
-            held_out = {k: v for k, v in options.items() if k != "document_bytes"}
-            return default_corpus(**held_out)
+            return default_corpus(**options)
         return None
     subsets: dict[str, list[str]] = {}
     for item in args.corpus:
