@@ -139,6 +139,52 @@ def test_brain_verb_errors_are_one_line(workdir, capsys, argv, message):
     assert not (workdir / "x.cbm").exists()
 
 
+def _damaged_data_files():
+    """A truncated .npz, a .npy of random bytes and a brain file of random bytes."""
+    rng = np.random.default_rng(16)
+    np.savez("full.npz", X=rng.normal(size=(300, 2)))
+    with open("full.npz", "rb") as whole, open("cut.npz", "wb") as cut:
+        data = whole.read()
+        cut.write(data[:len(data) // 2])
+    with open("noise.npy", "wb") as out:
+        out.write(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    with open("noise.cbm", "wb") as out:
+        out.write(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["fit", "gmm", "cut.npz", "-k", "1", "-o", "x.cbm"], "cut.npz"),
+    (["fit", "gmm", "noise.npy", "-k", "1", "-o", "x.cbm"], "cannot read noise.npy"),
+    (["fit", "gmm", "a.npy", "--key", "X", "-k", "1", "-o", "x.cbm"],
+     "a.npy is a .npy file with a single table"),
+    (["score", "noise.cbm", "a.npy"], "noise.cbm is not a Cerebrum file"),
+    (["info", "."], "no such file: . is a directory"),
+])
+def test_damaged_data_and_brain_files_are_one_line_naming_the_file(workdir, capsys, argv,
+                                                                   message):
+    _damaged_data_files()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err, err
+    assert not (workdir / "x.cbm").exists()
+
+
+@pytest.mark.filterwarnings("ignore::cerebrum.ConvergenceWarning")
+def test_an_unreadable_brain_file_is_one_line(workdir, capsys, monkeypatch):
+    import pathlib
+
+    assert cli.main(["fit", "gmm", "a.npy", "-k", "1", "-o", "b.cbm", "--seed", "0"]) == 0
+    capsys.readouterr()
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)  # chmod 000 (root reads anyway)
+    assert cli.main(["info", "b.cbm"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cerebrum info: error: cannot read b.cbm: Permission denied")
+
+
 @pytest.mark.parametrize("verb", ["fit", "score", "classify", "info", "sample", "train", "eval",
                                   "export-hf",
                                   "generate", "demo"])

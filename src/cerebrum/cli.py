@@ -58,14 +58,24 @@ def _int_list(text: str) -> list[int]:
 def _load_data(args):
     from cerebrum.data import load_arrays
 
-    return load_arrays(args.data, key=args.key, sequence_column=args.sequence_column,
-                       lengths=args.lengths)
+    try:
+        return load_arrays(args.data, key=args.key, sequence_column=args.sequence_column,
+                           lengths=args.lengths)
+    except OSError as err:  # unreadable (permissions, a directory): one line naming it
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"cannot read {args.data}: {err.strerror or err}") from None
 
 
 def _load_brain(path):
     from cerebrum import Cerebrum
 
-    return Cerebrum.load(path)
+    try:
+        return Cerebrum.load(path)
+    except OSError as err:  # unreadable (permissions, a directory): one line naming it
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"cannot read brain file {path}: {err.strerror or err}") from None
 
 
 def _add_fit(subparsers) -> None:

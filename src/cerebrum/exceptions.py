@@ -14,4 +14,7 @@ class ConvergenceWarning(UserWarning):
 
 
 class CerebrumFileError(ValueError):
-    """A file is not a readable Cerebrum file (truncated, empty, foreign or a pickle)."""
+    """A file is not a readable Cerebrum file (truncated, empty, foreign or a pickle), or it is
+    damaged or inconsistent: metadata without the expected layout, duplicate ids, a content
+    hash that does not match, NaN tensors, or tensors whose shapes or dtypes are not the ones
+    the stored config declares. The message names the file."""

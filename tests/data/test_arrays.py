@@ -58,3 +58,55 @@ def test_object_arrays_are_refused(tmp_path):
     np.save(tmp_path / "o.npy", np.array(["a", "b"]))
     with pytest.raises(ValueError, match="expected real numbers"):
         load_arrays(tmp_path / "o.npy")
+
+
+# issue 16: damaged or mislabelled files name themselves; --key and lengths are never ignored
+# or truncated silently
+
+
+def test_damaged_numpy_files_name_themselves(tmp_path):
+    rng = np.random.default_rng(16)
+    np.savez(tmp_path / "full.npz", X=rng.normal(size=(500, 3)), lengths=[200, 300])
+    data = (tmp_path / "full.npz").read_bytes()
+    for cut in (len(data) // 2, len(data) - 30, 40):
+        (tmp_path / "cut.npz").write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=r"cannot read .*cut\.npz"):
+            load_arrays(tmp_path / "cut.npz")
+    (tmp_path / "noise.npy").write_bytes(rng.integers(0, 256, 1000, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match=r"cannot read .*noise\.npy as a NumPy \.npy file"):
+        load_arrays(tmp_path / "noise.npy")
+    np.save(tmp_path / "one.npy", np.ones((4, 2)))
+    (tmp_path / "one.npz").write_bytes((tmp_path / "one.npy").read_bytes())
+    with pytest.raises(ValueError, match=r"one\.npz is a single \.npy array"):
+        load_arrays(tmp_path / "one.npz")
+    (tmp_path / "full.npy").write_bytes(data)
+    with pytest.raises(ValueError, match=r"full\.npy is an \.npz archive"):
+        load_arrays(tmp_path / "full.npy")
+    with pytest.raises(FileNotFoundError, match="a directory"):
+        load_arrays(tmp_path)
+
+
+def test_key_is_refused_for_files_with_one_table(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"key='X'.*a\.npy is a \.npy file"):
+        load_arrays(tmp_path / "a.npy", key="X")
+    (tmp_path / "a.csv").write_text("1,2\n3,4\n")
+    with pytest.raises(ValueError, match=r"a\.csv is a \.csv file"):
+        load_arrays(tmp_path / "a.csv", key="X")
+
+
+@pytest.mark.parametrize(("lengths", "message"), [
+    (np.array([150.7, 49.3]), "must be whole numbers, got 150.7"),
+    (np.array([2**64 - 1], dtype=np.uint64),
+     "must be between 0 and 2\\*\\*63 - 1, got 18446744073"),
+    (np.array(["a", "b"]), "must be integers, got dtype <U1"),
+])
+def test_lengths_are_never_truncated_or_wrapped(tmp_path, lengths, message):
+    np.savez(tmp_path / "s.npz", X=np.ones((200, 1)), lengths=lengths)
+    with pytest.raises(ValueError, match=rf"s\.npz: sequence lengths {message}"):
+        load_arrays(tmp_path / "s.npz")
+    np.save(tmp_path / "s.npy", np.ones((200, 1)))
+    with pytest.raises(ValueError, match=f"lengths: sequence lengths {message}"):
+        load_arrays(tmp_path / "s.npy", lengths=lengths)
+    assert load_arrays(tmp_path / "s.npy", lengths=np.array([150.0, 50.0]))[1].tolist() == [
+        150, 50]

@@ -116,7 +116,7 @@ def as_sequence_batch(
     if lengths is None:
         return SequenceBatch(frames, torch.tensor([len(frames)], device=device))
     sizes = _check_lengths(lengths, device)
-    total = int(sizes.sum())
+    total = sum(sizes.tolist())  # exact: an int64 sum of huge lengths could wrap
     if total != len(frames):
         raise ValueError(
             f"lengths sum to {total}, but X has {len(frames)} rows: they must be equal"
@@ -152,14 +152,23 @@ def _check_lengths(lengths, device) -> torch.Tensor:
             f"lengths must be a non-empty 1-D sequence of integers, got shape {array.shape}"
         )
     if array.dtype.kind not in "iu":
-        if array.dtype.kind != "f" or not np.all(np.isfinite(array)) or np.any(
-            array != np.round(array)
-        ):
+        if array.dtype.kind != "f":
             raise TypeError(f"lengths must hold integers, got dtype {array.dtype}")
+        whole = np.isfinite(array) & (array == np.round(array))
+        if not np.all(whole):  # never truncate 150.7 to 150 silently
+            index = int(np.flatnonzero(~whole)[0])
+            raise TypeError(f"lengths must hold integers, got lengths[{index}] = "
+                            f"{array[index]} (dtype {array.dtype})")
     if np.any(array <= 0):
         index = int(np.flatnonzero(array <= 0)[0])
         raise ValueError(
             f"lengths must be positive: lengths[{index}] = {array[index]} (a sequence of "
             "length 0 has no frames)"
         )
+    # a uint64 (or float) above int64's range would wrap to a negative length
+    too_long = array > np.iinfo(np.int64).max
+    if np.any(too_long):
+        index = int(np.flatnonzero(too_long)[0])
+        raise ValueError(f"lengths[{index}] = {array[index]} is larger than any sequence "
+                         f"can be (at most 2**63 - 1)")
     return torch.as_tensor(array.astype(np.int64), device=device)

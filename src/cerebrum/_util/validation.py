@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 import torch
@@ -99,6 +100,63 @@ def check_sample_weight(
     return weight
 
 
+def check_score_weights(sample_weight, n_samples: int) -> np.ndarray:
+    """Per-sample weights of a weighted mean, (n_samples,) float64: finite, non-negative and
+    not all zero (numpy's average would return NaN or raise ZeroDivisionError)."""
+    weight = to_numeric_tensor(sample_weight, name="sample_weight", dtype=torch.float64,
+                               device="cpu").numpy()
+    if weight.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape ({n_samples},) to match X, got "
+                         f"{weight.shape}")
+    if not np.all(np.isfinite(weight)):
+        raise ValueError(f"sample_weight contains NaN or infinity "
+                         f"({int((~np.isfinite(weight)).sum())} non-finite values)")
+    if np.any(weight < 0):
+        index = int(np.flatnonzero(weight < 0)[0])
+        raise ValueError(f"sample_weight must be non-negative, got sample_weight[{index}] = "
+                         f"{weight[index]}")
+    if not weight.sum() > 0:
+        raise ValueError("sample_weight sums to zero: at least one sample needs a positive "
+                         "weight")
+    return weight
+
+
+def check_parameter_memory(shapes, *, dtype, device, what: str) -> None:
+    """Refuse a model whose parameters (`shapes`, tuples of ints) cannot fit in the memory of
+    `device` at all (a typo such as n_components=10**9 would otherwise allocate until the
+    process is killed). Nothing is checked on the meta device."""
+    if device is None:
+        device = torch.empty(0).device  # the default device (meta while loading a file)
+    device = torch.device(device)
+    if device.type == "meta":
+        return
+    n_values = sum(math.prod(shape) for shape in shapes)
+    needed = n_values * torch.empty((), dtype=dtype).element_size()
+    available = _device_memory(device)
+    if available is not None and needed > available:
+        raise ValueError(
+            f"{what} needs {_gigabytes(needed)} for its parameters alone ({n_values:,} "
+            f"values), more than the {_gigabytes(available)} of memory of {device}: choose "
+            "smaller sizes"
+        )
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Total bytes of memory of `device` (physical memory for the CPU), None if unknown."""
+    try:
+        if device.type == "cpu":
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def _gigabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB"
+
+
 def check_positive_int(value, *, name: str, minimum: int = 1) -> int:
     """Return `value` as int when it is an integer >= minimum."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -152,17 +210,31 @@ def make_generator(random_state, device: torch.device | str) -> torch.Generator:
     return generator
 
 
-def check_positive_definite(matrices: torch.Tensor, *, name) -> None:
+def check_positive_definite(matrices: torch.Tensor, *, name, tolerance: float = 0.0) -> None:
     """Raise ValueError unless every (D, D) matrix of `matrices` (n, D, D) is symmetric (to 1e-8
-    relative) and positive definite. `name(index)` names matrix `index` in the message."""
+    relative, or `tolerance` where larger) and positive definite. `name(index)` names matrix
+    `index` in the message.
+
+    With `tolerance` > 0, a matrix whose Cholesky factorisation fails is still accepted when its
+    smallest eigenvalue is at least -tolerance times its largest: a covariance that is positive
+    definite up to the rounding of the precision it was computed in (a float32 model's own
+    `get_variances()`); the caller must then floor it (`gaussian_math.safe_precision_cholesky`).
+    """
     scale = matrices.abs().amax(dim=(1, 2)).clamp_min(1e-300)
     asymmetry = (matrices - matrices.mT).abs().amax(dim=(1, 2)) / scale
     _, info = torch.linalg.cholesky_ex(matrices)
     for index in range(matrices.shape[0]):
-        if float(asymmetry[index]) > 1e-8:
+        if float(asymmetry[index]) > max(1e-8, tolerance):
             raise ValueError(f"{name(index)} is not symmetric")
-        if int(info[index]) != 0:
-            raise ValueError(f"{name(index)} is not positive definite")
+        if int(info[index]) == 0:
+            continue
+        eigenvalues = torch.linalg.eigvalsh(matrices[index])
+        lowest, highest = float(eigenvalues[0]), float(eigenvalues[-1])
+        if highest <= 0 or lowest < -tolerance * highest:
+            raise ValueError(
+                f"{name(index)} is not positive definite (smallest eigenvalue {lowest:.3g}, "
+                f"largest {highest:.3g})"
+            )
 
 
 def check_fit_settings(method, init, max_iter, n_init, tol, reg_covar, lr, *, methods, inits):

@@ -275,13 +275,13 @@ class Cerebrum(nn.Module):
     def load(cls, path, *, device=None):
         """A brain written by `save` (parameters on `device`, CPU by default)."""
         _, record, tensors = persistence.read_file(path, expect=("brain",), device=device)
+        entries = _check_brain_record(record, source=str(path))  # before building anything
         brain = cls()
         try:
-            entries = record["entries"]
             for item in entries:
                 brain.models[item["id"]] = _entry_from_record(
                     item["kind"], item["record"], tensors, source=str(path), device=device)
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, AttributeError) as err:
             raise CerebrumFileError(f"{path}: bad brain record: {err!r}") from None
         return brain
 
@@ -332,12 +332,46 @@ def _entry_record(entry: nn.Module, prefix: str, tensors: dict | None = None):
 
 
 def _entry_from_record(kind, record, tensors, *, source, device=None) -> nn.Module:
+    _check_entry_record(kind, record, source=source, where="entry record")
     if kind == "model":
         return persistence.model_from_record(record, tensors, source=source, device=device)
-    if kind == "manager" and record.get("class") in _MANAGERS:
-        return _MANAGERS[record["class"]].from_record(record, tensors, source=source,
-                                                      device=device)
-    raise CerebrumFileError(f"{source}: unknown entry kind {kind!r} / {record.get('class')!r}")
+    return _MANAGERS[record["class"]].from_record(record, tensors, source=source,
+                                                  device=device)
+
+
+def _check_brain_record(record: dict, *, source: str) -> list:
+    """The entries of a brain record, every one checked (layout, unique valid ids) before
+    any model is built; a CerebrumFileError naming the file otherwise."""
+    entries = persistence.expect_json(record.get("entries"), list, "brain's 'entries'", source)
+    seen = set()
+    for n, item in enumerate(entries):
+        persistence.expect_json(item, dict, f"brain's entry {n}", source)
+        entry_id = item.get("id")
+        try:
+            check_id(entry_id, name=f"the id of entry {n}")
+        except (TypeError, ValueError) as err:
+            raise CerebrumFileError(f"{source}: bad brain record: {err}") from None
+        if not isinstance(entry_id, str):
+            raise CerebrumFileError(f"{source}: bad brain record: the id of entry {n} must "
+                                    f"be a string, got {entry_id!r}")
+        if entry_id in seen:
+            raise CerebrumFileError(f"{source}: bad brain record: two entries have the id "
+                                    f"{entry_id!r}")
+        seen.add(entry_id)
+        _check_entry_record(item.get("kind"), item.get("record"), source=source,
+                            where=f"record of entry {entry_id!r}")
+    return entries
+
+
+def _check_entry_record(kind, record, *, source: str, where: str) -> None:
+    if kind == "model":
+        persistence.check_model_record(record, source=source, where=where)
+        return
+    persistence.expect_json(record, dict, where, source)
+    if kind != "manager" or record.get("class") not in _MANAGERS:
+        raise CerebrumFileError(f"{source}: unknown entry kind {kind!r} / "
+                                f"{record.get('class')!r} in the {where}")
+    _MANAGERS[record["class"]].check_record(record, source=source, where=where)
 
 
 class MMM(Cerebrum):

@@ -25,6 +25,7 @@ from torch import nn
 from cerebrum._util.validation import check_device
 from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
 from cerebrum.brain import persistence, registry
+from cerebrum.exceptions import CerebrumFileError
 
 ID_LETTERS = 6
 
@@ -185,6 +186,27 @@ class ModelStore(nn.Module):
     def _own_record(self) -> dict:
         return {}
 
+    @classmethod
+    def check_record(cls, record, *, source: str, where: str = "manager record") -> None:
+        """A CerebrumFileError unless `record` has this manager's layout, its models' ids
+        valid and unique (checked before any model is built)."""
+        persistence.expect_json(record, dict, where, source)
+        models = persistence.expect_json(record.get("models"), list, f"{where}'s 'models'",
+                                         source)
+        seen = set()
+        for n, item in enumerate(models):
+            persistence.expect_json(item, dict, f"{where}'s model {n}", source)
+            try:
+                data_id = check_id(item.get("id"), name=f"the id of model {n}")
+            except (TypeError, ValueError) as err:
+                raise CerebrumFileError(f"{source}: bad {where}: {err}") from None
+            if cls._key(data_id) in seen:
+                raise CerebrumFileError(f"{source}: bad {where}: two models have the id "
+                                        f"{data_id!r}")
+            seen.add(cls._key(data_id))
+            persistence.check_model_record(item.get("model"), source=source,
+                                           where=f"{where}'s model {data_id!r}")
+
     def _fill_from_record(self, record: dict, tensors: dict, source: str, device=None):
         for item in record["models"]:
             model = persistence.model_from_record(item["model"], tensors, source=source,
@@ -229,6 +251,7 @@ class MMMan(ModelStore):
 
     @classmethod
     def from_record(cls, record, tensors, *, source, device=None) -> MMMan:
+        cls.check_record(record, source=source)
         return cls()._fill_from_record(record, tensors, source, device)
 
 
@@ -353,8 +376,32 @@ class MM(ModelStore):
                 "latest": self._latest}
 
     @classmethod
+    def check_record(cls, record, *, source: str, where: str = "manager record") -> None:
+        """ModelStore.check_record, and the family and config of the MM itself: its models
+        are of its family and `latest` is one of their ids."""
+        super().check_record(record, source=source, where=where)
+        family = persistence.expect_json(record.get("family"), str, f"{where}'s 'family'",
+                                         source)
+        persistence.expect_json(record.get("config"), dict, f"{where}'s 'config'", source)
+        ids = []
+        for item in record["models"]:
+            if item["model"]["family"] != family:
+                raise CerebrumFileError(
+                    f"{source}: bad {where}: an MM of {family} models holds a "
+                    f"{item['model']['family']!r} model (id {item['id']!r})")
+            ids.append(check_id(item["id"]))
+        latest = record.get("latest")
+        if latest is not None and latest not in ids:
+            raise CerebrumFileError(f"{source}: bad {where}: its latest model {latest!r} is "
+                                    f"not one of its models {ids}")
+
+    @classmethod
     def from_record(cls, record, tensors, *, source, device=None) -> MM:
-        wrapper = cls(record["family"], device=device, **record["config"])
+        cls.check_record(record, source=source)
+        try:
+            wrapper = cls(record["family"], device=device, **record["config"])
+        except (TypeError, ValueError) as err:
+            raise CerebrumFileError(f"{source}: bad manager record: {err}") from None
         wrapper._fill_from_record(record, tensors, source, device)
         wrapper._latest = record.get("latest")
         return wrapper

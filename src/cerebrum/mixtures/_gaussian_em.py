@@ -6,11 +6,21 @@ parameters. The loop in `run_em` is therefore the same for data in memory and da
 disk, and a chunked fit equals an in-memory fit up to floating-point summation order.
 
 How the statistics are formed, per covariance type:
-- diag / spherical: raw moments of the (centred) data, from one GEMM of the responsibilities with
-  the features [X**2, X] of each block. The E step is one GEMM too. This is the fast path.
-- full / tied: scatter about the *previous* means, accumulated in whitened coordinates
-  y = (x - mu_old) U_old (already computed by the E step) and mapped back with U_old^-1. Near
-  convergence the new means barely move, so there is no catastrophic cancellation even in float32.
+- diag / spherical, well-conditioned (the usual case): raw moments of the (centred) data, from
+  one GEMM of the responsibilities with the features [X**2, X] of each block. The E step is one
+  GEMM too, the expanded square -x^2 p/2 + x mu p - mu^2 p/2. This is the fast path.
+- full / tied, and diag / spherical when the expanded square would cancel: scatter about the
+  *previous* means, accumulated in whitened coordinates y = (x - mu_old) U_old (already computed
+  by the E step) and mapped back with U_old^-1. Near convergence the new means barely move, so
+  there is no catastrophic cancellation even in float32.
+
+When the expanded square cancels: its terms are about mu^2 p, the result about 1, so its rounding
+error is about eps * sum_d mu_d^2 p_d per sample (and the variance update's, about eps * mu^2 p
+relative). Data whose clusters sit far from the origin of the centred coordinates compared with
+their spread (two clusters at +-100 with spread 0.1: mu^2 p = 1e6) lose every digit in float32.
+`expanded_form_is_accurate` measures that bound once per iteration from the current parameters,
+and past `EXPANDED_FORM_LIMIT` the diagonal types take the residual path; the benchmark data
+(bench/gmm.py) stays on the GEMM path.
 
 Dead components: a component whose responsibility mass falls below `10 * eps * total_weight` is
 re-seeded at one of the samples the model explains worst, with the average covariance of the live
@@ -92,15 +102,61 @@ def _diagonal_precisions(prec_chol: torch.Tensor, covariance_type: str, n_featur
     return precisions
 
 
+#: Largest rounding-error bound eps * max_k sum_d mu_kd^2 p_kd (in nats per sample) at which the
+#: diagonal types keep the expanded-square GEMM form. At 1e-5 the form's error stays far below
+#: the 1e-4 relative accuracy float32 fits are held to (tests/mixtures/test_float32.py), and
+#: ordinary data (bench/gmm.py's mixture: up to about 3e-5) keeps the fast path.
+EXPANDED_FORM_LIMIT = 1e-4
+
+
+def expanded_form_error(params: GaussianParams, covariance_type: str) -> float:
+    """eps * max_k sum_d mu_kd^2 p_kd: the expanded square's rounding error per sample, in nats,
+    up to a small factor (0 for full and tied, which never use it)."""
+    if covariance_type not in ("diag", "spherical"):
+        return 0.0
+    n_features = params.means.shape[1]
+    precisions = _diagonal_precisions(params.prec_chol, covariance_type, n_features)
+    bound = (params.means.square() * precisions).sum(1).amax()
+    return float(bound) * torch.finfo(params.means.dtype).eps
+
+
+def expanded_form_is_accurate(params: GaussianParams, covariance_type: str) -> bool:
+    """Whether the diagonal types may use the expanded-square GEMM form for these parameters
+    (see the module docstring); always False for full and tied, which never use it."""
+    if covariance_type not in ("diag", "spherical"):
+        return False
+    return expanded_form_error(params, covariance_type) <= EXPANDED_FORM_LIMIT
+
+
+#: Below this bound the expanded form's statistics are exact to float32 rounding (clusters within
+#: a few spreads of the origin) and the final EM step needs no residual pass.
+FINAL_STEP_LIMIT = 1e-6
+
+
+def needs_accurate_final_step(params: GaussianParams, covariance_type: str) -> bool:
+    """Whether an EM loop on the expanded path should take its last M step from residuals.
+
+    The expanded raw moments lose about eps * mu^2 p times a summation factor of the variance
+    (measured up to 2e-3 relative near EXPANDED_FORM_LIMIT), harmless for the responsibilities of
+    intermediate iterations but not for the parameters a fit returns; one residual pass at the
+    end costs a few iterations' worth of time less than running every iteration that way.
+    """
+    return expanded_form_error(params, covariance_type) > FINAL_STEP_LIMIT
+
+
 def weighted_log_prob_t(
     chunk: Chunk,
     params: GaussianParams,
     covariance_type: str,
     scale: float = 1.0,
     features: torch.Tensor | None = None,
+    expanded: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """scale * (log(pi_k) + log N(x_n | k)) transposed, (K, N), plus the whitened residuals
-    (K, N, D) for full/tied (None for diag/spherical).
+    (K, N, D) where they were formed (None on the expanded GEMM path).
+
+    `expanded` chooses the diagonal types' form (default: `expanded_form_is_accurate`; callers
+    that visit many blocks decide once and pass it); full and tied always use residuals.
 
     Components lead because K is small: reductions over K then run as vectorised element-wise
     operations over N instead of short inner loops. `scale=LOG2E` gives base-2 logarithms for
@@ -110,7 +166,9 @@ def weighted_log_prob_t(
     n_features = chunk.X.shape[1]
     log_det = log_det_precision_cholesky(params.prec_chol, covariance_type, n_features)
     offset = (params.log_weights + log_det - 0.5 * n_features * LOG_2PI).unsqueeze(1)
-    if covariance_type in ("diag", "spherical"):
+    if expanded is None:
+        expanded = expanded_form_is_accurate(params, covariance_type)
+    if expanded:
         # -(x - mu)^2 p / 2 = -x^2 p / 2 + x (mu p) - mu^2 p / 2: one GEMM against the cached
         # [X**2, X], plus a constant per component.
         precisions = _diagonal_precisions(params.prec_chol, covariance_type, n_features)
@@ -146,22 +204,28 @@ def chunk_statistics(
     covariance_type: str,
     params: GaussianParams | None = None,
     resp: torch.Tensor | None = None,
+    expanded: bool | None = None,
 ) -> GaussianStats:
     """E step on one chunk (when only `params` is given) and its weighted sufficient statistics.
 
     Pass `resp` (K, N) to accumulate statistics for given responsibilities (hard k-means labels
     at initialisation, HMM state posteriors); the log-likelihood is then zero. With both, `params`
-    only serves as the reference point of the full/tied scatter (for float32 accuracy).
+    only serves as the reference point of the scatter (for float32 accuracy). `expanded` as in
+    `weighted_log_prob_t` (default: decided from `params`; raw moments when there are none).
     """
     X = chunk.X
     n_features = X.shape[1]
+    diagonal = covariance_type in ("diag", "spherical")
+    if expanded is None:
+        expanded = params is None or expanded_form_is_accurate(params, covariance_type)
+    expanded = expanded and diagonal
     residuals = None
-    features = _moment_features(X) if covariance_type in ("diag", "spherical") else None
-    if resp is not None and params is not None and covariance_type in ("full", "tied"):
+    features = _moment_features(X) if expanded else None
+    if resp is not None and params is not None and not expanded:
         residuals = whitened_residuals(X, params.means, params.prec_chol, covariance_type)
     if resp is None:
         log2_prob, residuals = weighted_log_prob_t(
-            chunk, params, covariance_type, LOG2E, features=features
+            chunk, params, covariance_type, LOG2E, features=features, expanded=expanded
         )
         resp, log_norm = normalize_log2_prob_t_(log2_prob)
         log_likelihood = log_norm.sum() if chunk.weight is None else chunk.weight @ log_norm
@@ -171,7 +235,7 @@ def chunk_statistics(
     weighted_resp = resp if chunk.weight is None else resp * chunk.weight
     resp_sum = weighted_resp.sum(1)
 
-    if covariance_type in ("diag", "spherical"):
+    if expanded:
         moments = weighted_resp @ features
         ref = torch.zeros(n_components, n_features, dtype=X.dtype, device=X.device)
         second, first = moments[:, :n_features], moments[:, n_features:]
@@ -180,6 +244,9 @@ def chunk_statistics(
             ref = torch.zeros(n_components, n_features, dtype=X.dtype, device=X.device)
             residuals = X.unsqueeze(0).expand(n_components, -1, -1)
             unwhiten = None
+        elif diagonal:  # y = (x - mu) u elementwise, u the square root of the precisions
+            ref = params.means
+            unwhiten = _diagonal_precisions(params.prec_chol, covariance_type, n_features).sqrt()
         else:
             ref = params.means
             unwhiten = torch.linalg.solve_triangular(
@@ -187,10 +254,20 @@ def chunk_statistics(
                 torch.eye(n_features, dtype=X.dtype, device=X.device).expand_as(params.prec_chol),
                 upper=True,
             )
-        first = weighted_resp @ X - resp_sum.unsqueeze(1) * ref
-        second = (residuals * weighted_resp.unsqueeze(-1)).mT @ residuals
-        if unwhiten is not None:  # sum r (x - mu)(x - mu)^T = U^-T (sum r y y^T) U^-1
-            second = unwhiten.mT @ second @ unwhiten
+        # sum r (x - ref) from the residuals, not as r @ X - (sum r) ref: that difference of
+        # two large sums loses the shift in float32 when the data sit far from the origin.
+        first = torch.bmm(weighted_resp.unsqueeze(1), residuals).squeeze(1)  # whitened (K, D)
+        if diagonal:  # sum r (x - mu)^2 = (sum r y^2) / u^2
+            second = torch.bmm(weighted_resp.unsqueeze(1), residuals.square()).squeeze(1)
+            if unwhiten is not None:
+                first = first / unwhiten
+                second = second / unwhiten.square()
+        else:
+            if unwhiten is not None:
+                first = (first.unsqueeze(1) @ unwhiten).squeeze(1)
+            second = (residuals * weighted_resp.unsqueeze(-1)).mT @ residuals
+            if unwhiten is not None:  # sum r (x - mu)(x - mu)^T = U^-T (sum r y y^T) U^-1
+                second = unwhiten.mT @ second @ unwhiten
     return GaussianStats(ref, resp_sum, first, second, log_likelihood)
 
 
@@ -223,17 +300,25 @@ def accumulate(
     n_components: int,
     params: GaussianParams | None = None,
     resp_fn=None,
+    expanded: bool | None = None,
 ) -> GaussianStats:
     """Sum `chunk_statistics` over every block of every chunk of `source`.
 
-    With `params`, runs the E step; with `resp_fn(block) -> (K, N)`, uses fixed responsibilities.
+    With `params`, runs the E step; with `resp_fn(block) -> (K, N)`, uses fixed responsibilities
+    (and `params`, if given, as the reference of the scatter: k-means centres at initialisation).
     """
+    if expanded is None:
+        expanded = params is None or expanded_form_is_accurate(params, covariance_type)
+    if resp_fn is not None and params is not None:
+        expanded = False  # one pass: the accurate form costs nothing worth saving
     rows = block_rows(n_components, source.n_features, covariance_type)
     total = None
     for chunk in source:
         for block in iter_blocks(chunk, rows):
             resp = None if resp_fn is None else resp_fn(block)
-            stats = chunk_statistics(block, covariance_type, params=params, resp=resp)
+            stats = chunk_statistics(
+                block, covariance_type, params=params, resp=resp, expanded=expanded
+            )
             total = stats if total is None else total + stats
     return total
 
@@ -256,7 +341,7 @@ def lowest_scoring_samples(source: SampleSource, score_fn, n_samples: int) -> to
 def worst_explained(source, covariance_type, params, n_samples):
     """The samples with the lowest log-likelihood under `params` (for re-seeding)."""
     def score(chunk):
-        log_prob, _ = weighted_log_prob_t(chunk, params, covariance_type)
+        log_prob, _ = weighted_log_prob_t(chunk, params, covariance_type, expanded=False)
         return torch.logsumexp(log_prob, 0)
 
     return lowest_scoring_samples(source, score, n_samples)
@@ -356,9 +441,19 @@ def run_em(
 def _em_loop(source, params, covariance_type, max_iter, tol, reg_covar, progress) -> EMResult:
     lower_bounds: list[float] = []
     previous = -math.inf
+    n_components = len(params.means)
     for n_iter in range(1, max_iter + 1):
-        stats = accumulate(source, covariance_type, len(params.means), params=params)
+        expanded = expanded_form_is_accurate(params, covariance_type)
+        if n_iter == max_iter and needs_accurate_final_step(params, covariance_type):
+            expanded = False
+        stats = accumulate(source, covariance_type, n_components, params=params, expanded=expanded)
         lower_bound = float(stats.log_likelihood) / source.total_weight
+        converging = abs(lower_bound - previous) < tol
+        if converging and expanded and needs_accurate_final_step(params, covariance_type):
+            # The last M step decides the returned parameters: take it from residuals.
+            stats = accumulate(source, covariance_type, n_components, params=params,
+                               expanded=False)
+            lower_bound = float(stats.log_likelihood) / source.total_weight
         if not math.isfinite(lower_bound):
             raise FloatingPointError(
                 f"EM produced a non-finite log-likelihood at iteration {n_iter}; the data may be "
@@ -372,7 +467,7 @@ def _em_loop(source, params, covariance_type, max_iter, tol, reg_covar, progress
         if progress is not None:
             progress.update(1)
             progress.set_postfix(lower_bound=f"{lower_bound:.5g}")
-        if abs(lower_bound - previous) < tol:
+        if converging:
             return EMResult(params, True, n_iter, lower_bounds)
         previous = lower_bound
     return EMResult(params, False, max_iter, lower_bounds)

@@ -28,9 +28,11 @@ from cerebrum._util.validation import (
     check_finite,
     check_fit_settings,
     check_fitted,
+    check_parameter_memory,
     check_positive_definite,
     check_positive_int,
     check_samples,
+    check_score_weights,
     make_generator,
     to_numeric_tensor,
 )
@@ -54,6 +56,7 @@ from cerebrum.mixtures.gaussian_math import (
     precision_cholesky_from_raw,
     precision_cholesky_shape,
     raw_from_precision_cholesky,
+    safe_precision_cholesky,
 )
 from cerebrum.mixtures.kmeans import kmeans_plusplus, lloyd, nearest_center, squared_distances
 
@@ -100,6 +103,12 @@ class GaussianMixture(nn.Module):
         )
         factory = {"dtype": dtype, "device": device}
         K, D = self.n_components, self.n_features
+        check_parameter_memory(
+            [(K,), (K, D), precision_cholesky_shape(self.covariance_type, K, D)],
+            dtype=dtype or torch.get_default_dtype(), device=device,
+            what=f"GaussianMixture(n_components={K}, n_features={D}, "
+            f"covariance_type={self.covariance_type!r})",
+        )
         self.weight_logits = nn.Parameter(torch.zeros(K, **factory))
         self.means = nn.Parameter(torch.randn(K, D, **factory))
         self.precision_cholesky_raw = nn.Parameter(
@@ -137,15 +146,12 @@ class GaussianMixture(nn.Module):
         """
         check_choice(covariance_type, COVARIANCE_TYPES, name="covariance_type")
         weights64, means64, covariances64 = _check_params(
-            weights, means, covariances, covariance_type
+            weights, means, covariances, covariance_type, rounding_tolerance(dtype)
         )
         n_components, n_features = means64.shape
         model = cls(n_components, n_features, covariance_type, dtype=dtype, device=device)
-        model._set_params(
-            weights64.log(),
-            means64,
-            precision_cholesky_from_covariance(covariances64, covariance_type),
-        )
+        prec_chol, _ = safe_precision_cholesky(covariances64, covariance_type, floor=1e-300)
+        model._set_params(weights64.log(), means64, prec_chol)
         return model
 
     def _set_params(self, log_weights, means, prec_chol) -> None:
@@ -231,11 +237,7 @@ class GaussianMixture(nn.Module):
         log_lik = self.score_samples(X)
         if sample_weight is None:
             return float(log_lik.mean())
-        weight = np.asarray(sample_weight, dtype=np.float64)
-        if weight.shape != log_lik.shape:
-            raise ValueError(
-                f"sample_weight must have shape {log_lik.shape}, got {weight.shape}"
-            )
+        weight = check_score_weights(sample_weight, log_lik.shape[0])
         return float(np.average(log_lik, weights=weight))
 
     def predict_proba(self, X) -> np.ndarray:
@@ -415,6 +417,7 @@ class GaussianMixture(nn.Module):
                     self.means - source.center,
                     self._precision_cholesky().clone(),
                 )
+        reference = None  # scatter about the centre for random responsibilities
         if init == "random":
             def resp_fn(chunk):
                 resp = torch.rand(
@@ -433,6 +436,10 @@ class GaussianMixture(nn.Module):
                 steps = KMEANS_PLUSPLUS_LLOYD_STEPS if init == "kmeans++" else KMEANS_MAX_ITER
                 centers = lloyd(source, centers, steps)
 
+            # The scatter is taken about the centres: about the origin it would cancel in
+            # float32 for clusters far apart compared with their spread.
+            reference = _unit_precision_params(centers, kind)
+
             def resp_fn(chunk):
                 labels = nearest_center(chunk.X, centers)
                 return torch.nn.functional.one_hot(labels, K).T.to(chunk.X.dtype)
@@ -442,7 +449,7 @@ class GaussianMixture(nn.Module):
                     source, lambda chunk: -squared_distances(chunk.X, centers).amin(1), n
                 )
 
-        stats = accumulate(source, kind, K, resp_fn=resp_fn)
+        stats = accumulate(source, kind, K, params=reference, resp_fn=resp_fn)
         return m_step(stats, kind, reg_covar, source.total_weight, reseed_points)
 
     def _run_gradient(
@@ -512,6 +519,18 @@ def _project_variance_floor(raw: torch.Tensor, covariance_type: str, floor: floa
             ))
 
 
+def _unit_precision_params(centers: torch.Tensor, covariance_type: str) -> GaussianParams:
+    """Parameters with the given means and identity precisions: the reference point of the
+    initial statistics (only their means and whitening matter there)."""
+    K, D = centers.shape
+    shape = precision_cholesky_shape(covariance_type, K, D)
+    if covariance_type in ("diag", "spherical"):
+        prec_chol = centers.new_ones(shape)
+    else:
+        prec_chol = torch.eye(D, dtype=centers.dtype, device=centers.device).expand(shape)
+    return GaussianParams(centers.new_zeros(K), centers, prec_chol)
+
+
 def _distinct_rows(source: SampleSource, n_rows: int, generator: torch.Generator):
     """`n_rows` distinct samples chosen uniformly at random, (n_rows, D)."""
     picks = torch.randperm(source.n_samples, generator=generator, device=source.device)[:n_rows]
@@ -525,7 +544,14 @@ def _distinct_rows(source: SampleSource, n_rows: int, generator: torch.Generator
     return rows
 
 
-def _check_params(weights, means, covariances, covariance_type):
+def rounding_tolerance(dtype: torch.dtype | None) -> float:
+    """How far below zero (relative to the largest) a covariance eigenvalue may be and still count
+    as positive definite for a model of `dtype`: the rounding of computing Sigma = U^-T U^-1 in
+    that precision, so what a model returns from `get_variances()` is always accepted back."""
+    return 100 * torch.finfo(dtype or torch.get_default_dtype()).eps
+
+
+def _check_params(weights, means, covariances, covariance_type, tolerance=0.0):
     """Validate `from_params` arguments in float64; return them as float64 tensors."""
     as64 = {"dtype": torch.float64, "device": "cpu"}
     means = to_numeric_tensor(means, name="means", **as64)
@@ -567,5 +593,6 @@ def _check_params(weights, means, covariances, covariance_type):
     check_positive_definite(
         matrices,
         name=lambda i: "covariances" if covariance_type == "tied" else f"covariances[{i}]",
+        tolerance=tolerance,
     )
     return weights, means, covariances

@@ -52,7 +52,8 @@ def covariance_from_precision_cholesky(prec_chol: torch.Tensor, covariance_type:
         return prec_chol.square().reciprocal()
     eye = torch.eye(prec_chol.shape[-1], dtype=prec_chol.dtype, device=prec_chol.device)
     inverse = torch.linalg.solve_triangular(prec_chol, eye.expand_as(prec_chol), upper=True)
-    return inverse.mT @ inverse
+    covariances = inverse.mT @ inverse
+    return 0.5 * (covariances + covariances.mT)  # a product's rounding is not symmetric
 
 
 def log_det_precision_cholesky(prec_chol: torch.Tensor, covariance_type: str, n_features: int):
@@ -64,6 +65,11 @@ def log_det_precision_cholesky(prec_chol: torch.Tensor, covariance_type: str, n_
     return n_features * prec_chol.log()
 
 
+#: Largest eps * max_k |mu_k U|^2 at which tied residuals are formed as x U - mu U (see
+#: `whitened_residuals`); the same bound as the diagonal types' expanded square in _gaussian_em.
+SHARED_PRODUCT_LIMIT = 1e-4
+
+
 def whitened_residuals(
     X: torch.Tensor, means: torch.Tensor, prec_chol: torch.Tensor, covariance_type: str
 ) -> torch.Tensor:
@@ -72,8 +78,15 @@ def whitened_residuals(
         # Subtract before multiplying: (x - mu) U keeps float32 accuracy for tight components
         # whose U has large entries, where x U - mu U would cancel.
         return (X.unsqueeze(0) - means.unsqueeze(1)) @ prec_chol
-    if covariance_type == "tied":  # one shared U: a single product, then a broadcast
-        return (X @ prec_chol).unsqueeze(0) - (means @ prec_chol).unsqueeze(1)
+    if covariance_type == "tied":
+        # One shared U allows a single product then a broadcast, x U - mu U; but that difference
+        # cancels when |mu U|^2 (the squared distance from the origin in units of the spread)
+        # is large against 1 / eps, so such data subtract first, at K times the cost.
+        whitened_means = means @ prec_chol
+        bound = whitened_means.detach().square().sum(-1).amax()
+        if float(bound) * torch.finfo(X.dtype).eps <= SHARED_PRODUCT_LIMIT:
+            return (X @ prec_chol).unsqueeze(0) - whitened_means.unsqueeze(1)
+        return (X.unsqueeze(0) - means.unsqueeze(1)) @ prec_chol
     scale = prec_chol if covariance_type == "diag" else prec_chol.unsqueeze(-1)
     return (X.unsqueeze(0) - means.unsqueeze(1)) * scale.unsqueeze(1)
 

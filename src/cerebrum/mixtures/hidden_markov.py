@@ -37,6 +37,7 @@ from cerebrum._util.validation import (
     check_finite,
     check_fit_settings,
     check_fitted,
+    check_parameter_memory,
     check_positive_definite,
     check_positive_int,
     make_generator,
@@ -53,15 +54,21 @@ from cerebrum.mixtures._gaussian_em import (
     GaussianStats,
     block_rows,
     chunk_statistics,
+    expanded_form_error,
+    expanded_form_is_accurate,
     iter_blocks,
+    needs_accurate_final_step,
     weighted_log_prob_t,
 )
-from cerebrum.mixtures.gaussian import GaussianMixture, _project_variance_floor
+from cerebrum.mixtures.gaussian import (
+    GaussianMixture,
+    _project_variance_floor,
+    rounding_tolerance,
+)
 from cerebrum.mixtures.gaussian_math import (
     colour_noise,
     covariance_from_precision_cholesky,
     log_gaussian_prob,
-    precision_cholesky_from_covariance,
     precision_cholesky_from_raw,
     raw_from_precision_cholesky,
     safe_precision_cholesky,
@@ -70,6 +77,10 @@ from cerebrum.mixtures.gaussian_math import (
 FIT_METHODS = ("em", "gradient")
 INIT_METHODS = ("kmeans++", "kmeans", "random", "random_from_data", "current")
 PARAM_LETTERS = "stmcw"
+#: The stored logit of a probability of 0: exp underflows to exactly 0 in float32 and float64,
+#: sums of thousands of them stay finite, and the gradients of log_softmax stay finite (-inf
+#: made every gradient NaN).
+LOG_ZERO = -1e10
 #: EM iterations of the GaussianMixture that seeds the emissions.
 SEED_MIXTURE_ITERATIONS = 10
 #: Mixture components of a state start at its seed Gaussian's mean plus this many standard
@@ -175,6 +186,12 @@ class HiddenMarkov(nn.Module):
         )
         S, M, D = self.n_components, self.n_mix, self.n_features
         factory = {"dtype": dtype, "device": device}
+        check_parameter_memory(
+            [(S,), (S, S), (S, M), (S, M, D), self._raw_shape()],
+            dtype=dtype or torch.get_default_dtype(), device=device,
+            what=f"HiddenMarkov(n_components={S}, n_features={D}, n_mix={M}, "
+            f"covariance_type={self.covariance_type!r})",
+        )
         self.start_logits = nn.Parameter(torch.zeros(S, **factory))
         self.transition_logits = nn.Parameter(torch.zeros(S, S, **factory))
         self.weight_logits = nn.Parameter(torch.zeros(S, M, **factory))
@@ -234,20 +251,24 @@ class HiddenMarkov(nn.Module):
         startprob64 = _check_stochastic(startprob, (S,), "startprob")
         transmat64 = _check_stochastic(transmat, (S, S), "transmat")
         weights64 = _check_stochastic(weights, (S, M), "weights")
-        covariances64 = _check_covariances(covariances, covariance_type, S, M, D)
+        covariances64 = _check_covariances(
+            covariances, covariance_type, S, M, D, rounding_tolerance(dtype)
+        )
         model = cls(S, D, M, covariance_type, dtype=dtype, device=device)
+        prec_chol, _ = safe_precision_cholesky(covariances64, covariance_type, floor=1e-300)
         model._set_params(
-            startprob64.log(), transmat64.log(), weights64.log(), means64,
-            precision_cholesky_from_covariance(covariances64, covariance_type),
+            startprob64.log(), transmat64.log(), weights64.log(), means64, prec_chol
         )
         return model
 
     def _set_params(self, log_start, log_trans, log_weights, means, prec_chol) -> None:
         """Copy parameters in (model shapes, data coordinates) and mark the model fitted."""
         with torch.no_grad():
-            self.start_logits.copy_(log_start)
-            self.transition_logits.copy_(log_trans)
-            self.weight_logits.copy_(log_weights)
+            # A probability of exactly 0 (a transition EM never saw) is stored as LOG_ZERO, not
+            # -inf: exp gives the same 0, but gradients through log_softmax stay finite.
+            self.start_logits.copy_(log_start.clamp_min(LOG_ZERO))
+            self.transition_logits.copy_(log_trans.clamp_min(LOG_ZERO))
+            self.weight_logits.copy_(log_weights.clamp_min(LOG_ZERO))
             self.means.copy_(means)
             self.precision_cholesky_raw.copy_(
                 raw_from_precision_cholesky(prec_chol, self.covariance_type)
@@ -303,18 +324,24 @@ class HiddenMarkov(nn.Module):
 
     # ------------------------------------------------------------------ emissions
 
-    def _state_log_prob(self, X: torch.Tensor, emission: GaussianParams):
+    def _state_log_prob(self, X: torch.Tensor, emission: GaussianParams,
+                        expanded: bool | None = None):
         """log b_j(x_n) (S, N) in nats, and the within-state responsibilities (K, N) (None when
-        M = 1), row block by row block."""
+        M = 1), row block by row block. `expanded` as in `_gaussian_em.weighted_log_prob_t`
+        (default: decided from the parameters)."""
         S, M = self.n_components, self.n_mix
         chunk = Chunk(X, None)
         rows = block_rows(S * M, self.n_features, self._flat_type)
         log_b = X.new_empty(S, X.shape[0])
         within = None if M == 1 else X.new_empty(S * M, X.shape[0])
+        if expanded is None:
+            expanded = expanded_form_is_accurate(emission, self._flat_type)
         start = 0
         for block in iter_blocks(chunk, rows):
             stop = start + block.n_samples
-            log2_joint, _ = weighted_log_prob_t(block, emission, self._flat_type, LOG2E)
+            log2_joint, _ = weighted_log_prob_t(
+                block, emission, self._flat_type, LOG2E, expanded=expanded
+            )
             if M == 1:
                 log_b[:, start:stop] = log2_joint * LN2
             else:
@@ -633,13 +660,17 @@ class HiddenMarkov(nn.Module):
 
     # ------------------------------------------------------------------ EM
 
-    def _expectations(self, batch: SequenceBatch, centred: Chunk, params: HMMParams):
-        """One E step: emission statistics, start and transition counts, total log-likelihood."""
+    def _expectations(self, batch: SequenceBatch, centred: Chunk, params: HMMParams,
+                      expanded: bool):
+        """One E step: emission statistics, start and transition counts, total log-likelihood.
+        `expanded`: whether the diagonal types may use the expanded-square GEMM form."""
         S, M = self.n_components, self.n_mix
-        log_b, within = self._state_log_prob(centred.X, params.emission)
+        log_b, within = self._state_log_prob(centred.X, params.emission, expanded)
         result = _frame_expectations(params, log_b, batch)
         gamma = result.posteriors  # (S, N)
-        reference = params.emission if self._flat_type == "full" else None
+        # Statistics about the current means (the diagonal types only where their raw moments
+        # would cancel in the working precision; see _gaussian_em).
+        reference = params.emission
         stats = None
         start = 0
         for block in iter_blocks(centred, block_rows(S * M, self.n_features, self._flat_type)):
@@ -647,7 +678,9 @@ class HiddenMarkov(nn.Module):
             resp = gamma[:, start:stop]
             if within is not None:
                 resp = (within[:, start:stop].view(S, M, -1) * resp.unsqueeze(1)).view(S * M, -1)
-            part = chunk_statistics(block, self._flat_type, params=reference, resp=resp)
+            part = chunk_statistics(
+                block, self._flat_type, params=reference, resp=resp, expanded=expanded
+            )
             stats = part if stats is None else stats + part
             start = stop
         start_counts = gamma[:, batch.first_frames].sum(1)
@@ -656,13 +689,28 @@ class HiddenMarkov(nn.Module):
     def _run_em(self, batch, centred, params, max_iter, tol, reg_covar, letters, progress):
         history: list[float] = []
         for n_iter in range(1, max_iter + 1):
-            stats, start_counts, transitions, log_lik = self._expectations(batch, centred, params)
+            # As in _gaussian_em: the expanded form while iterating, residuals for the M step
+            # that decides the returned parameters.
+            expanded = expanded_form_is_accurate(params.emission, self._flat_type)
+            polish = needs_accurate_final_step(params.emission, self._flat_type)
+            if n_iter == max_iter and polish:
+                expanded = False
+            stats, start_counts, transitions, log_lik = self._expectations(
+                batch, centred, params, expanded
+            )
+            converging = len(history) >= 1 and abs(log_lik - history[-1]) < tol
+            if converging and expanded and polish:
+                stats, start_counts, transitions, log_lik = self._expectations(
+                    batch, centred, params, False
+                )
             if not math.isfinite(log_lik):
                 raise FloatingPointError(
                     f"EM produced a non-finite log-likelihood at iteration {n_iter}; the data may "
                     "be degenerate for this covariance type: increase reg_covar or use float64"
                 )
-            self._warn_if_decreasing(history, log_lik)
+            # the expanded form's rounding, summed over the frames, is part of the noise
+            noise = 10 * batch.n_frames * expanded_form_error(params.emission, self._flat_type)
+            self._warn_if_decreasing(history, log_lik, noise if expanded else 0.0)
             history.append(log_lik)
             params = self._m_step(
                 params, stats, start_counts, transitions, reg_covar, letters, batch.n_frames
@@ -672,16 +720,18 @@ class HiddenMarkov(nn.Module):
                 progress.set_postfix(log_likelihood=f"{log_lik:.6g}")
             # |change| rather than hmmlearn's signed change: a rounding-level dip must not stop
             # a tol=0 run early (it always runs max_iter iterations); a real drop warns above.
-            if len(history) >= 2 and abs(history[-1] - history[-2]) < tol:
+            if converging:
                 return FitResult(params, True, n_iter, history)
         return FitResult(params, False, max_iter, history)
 
-    def _warn_if_decreasing(self, history: list[float], log_lik: float) -> None:
-        """EM never lowers the likelihood: a drop beyond rounding means trouble (degenerate
-        components, too little precision)."""
+    def _warn_if_decreasing(self, history: list[float], log_lik: float,
+                            noise: float = 0.0) -> None:
+        """EM never lowers the likelihood: a drop beyond rounding (and `noise`, the known
+        rounding level of the E step) means trouble (degenerate components, too little
+        precision)."""
         if not history:
             return
-        slack = 1e3 * torch.finfo(self.means.dtype).eps * max(abs(log_lik), 1.0)
+        slack = 1e3 * torch.finfo(self.means.dtype).eps * max(abs(log_lik), 1.0) + noise
         if log_lik < history[-1] - slack:
             warnings.warn(
                 f"EM lowered the log-likelihood from {history[-1]:.8g} to {log_lik:.8g}; the "
@@ -884,7 +934,7 @@ def _check_stochastic(value, shape: tuple[int, ...], name: str) -> torch.Tensor:
     return tensor / sums.unsqueeze(-1)
 
 
-def _check_covariances(value, covariance_type, S, M, D) -> torch.Tensor:
+def _check_covariances(value, covariance_type, S, M, D, tolerance=0.0) -> torch.Tensor:
     tensor = _as_float64(value, "covariances")
     expected = {"full": (S, M, D, D), "diag": (S, M, D), "tied": (S, D, D),
                 "spherical": (S, M)}[covariance_type]
@@ -899,5 +949,7 @@ def _check_covariances(value, covariance_type, S, M, D) -> torch.Tensor:
                 f"covariances must be positive, got a minimum of {float(tensor.min()):.6g}"
             )
         return tensor
-    check_positive_definite(tensor.reshape(-1, D, D), name=lambda i: f"covariances matrix {i}")
+    check_positive_definite(
+        tensor.reshape(-1, D, D), name=lambda i: f"covariances matrix {i}", tolerance=tolerance
+    )
     return tensor

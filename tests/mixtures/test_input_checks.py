@@ -1,0 +1,81 @@
+"""Bad arguments at the classical models' entry points (issue 16, section 4): weights of a
+weighted score, sequence lengths that would be truncated or wrap, and sizes no machine holds."""
+
+import numpy as np
+import pytest
+import torch
+
+from cerebrum import GaussianMixture, HiddenMarkov
+from cerebrum._util import validation
+
+
+@pytest.fixture(scope="module")
+def data():
+    return np.random.default_rng(16).normal(size=(60, 2))
+
+
+@pytest.fixture(scope="module")
+def gmm(data):
+    return GaussianMixture.from_params([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]],
+                                       [[1.0, 1.0], [1.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def hmm():
+    return HiddenMarkov.from_params([0.5, 0.5], [[0.9, 0.1], [0.2, 0.8]], [[1.0], [1.0]],
+                                    [[[0.0, 0.0]], [[1.0, 1.0]]], [[[1.0, 1.0]], [[1.0, 1.0]]])
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    (-np.ones(60), r"must be non-negative, got sample_weight\[0\] = -1.0"),
+    (np.r_[np.nan, np.ones(59)], "contains NaN or infinity"),
+    (np.zeros(60), "sums to zero"),
+    (np.ones(59), r"must have shape \(60,\)"),
+])
+def test_score_refuses_bad_sample_weights(gmm, data, weights, message):
+    with pytest.raises(ValueError, match=message):
+        gmm.score(data, sample_weight=weights)
+
+
+def test_score_with_weights_is_a_weighted_mean(gmm, data):
+    weights = np.r_[np.zeros(30), np.ones(30)]
+    assert gmm.score(data, sample_weight=weights) == pytest.approx(gmm.score(data[30:]))
+
+
+@pytest.mark.parametrize(("lengths", "error", "message"), [
+    ([150.7, -90.7], TypeError, r"lengths must hold integers, got lengths\[0\] = 150.7"),
+    (np.array([2**64 - 1], dtype=np.uint64), ValueError,
+     r"lengths\[0\] = 18446744073709551615 is larger than any sequence"),
+    (np.array([2**62, 2**62, 2**62, 60], dtype=np.int64), ValueError,
+     "lengths sum to 13835058055282163772, but X has 60 rows"),
+])
+def test_lengths_are_never_truncated_or_wrapped(hmm, data, lengths, error, message):
+    with pytest.raises(error, match=message):
+        hmm.score(data, lengths=lengths)
+
+
+def test_whole_float_and_unsigned_lengths_are_accepted(hmm, data):
+    expected = hmm.score(data, lengths=[20, 40])
+    assert hmm.score(data, lengths=np.array([20, 40], dtype=np.uint64)) == expected
+    assert hmm.score(data, lengths=[20.0, 40.0]) == expected
+
+
+@pytest.mark.parametrize("build", [
+    lambda: GaussianMixture(10**12, 3),
+    lambda: GaussianMixture(1000, 100_000, "full", dtype=torch.float64),
+    lambda: HiddenMarkov(10**7, 3),
+])
+def test_sizes_no_machine_holds_are_refused_at_construction(build):
+    with pytest.raises(ValueError, match=r"needs [\d,.]+ GiB for its parameters alone .*, "
+                                         r"more than the [\d,.]+ GiB of memory of cpu"):
+        build()
+
+
+def test_sizes_beyond_this_machines_memory_are_refused(monkeypatch):
+    monkeypatch.setattr(validation, "_device_memory", lambda device: 16 * 2**30)
+    with pytest.raises(ValueError, match=r"GaussianMixture\(n_components=1000000000, "
+                                         r"n_features=3, covariance_type='diag'\) needs 26.1 GiB"):
+        GaussianMixture(10**9, 3)
+    assert GaussianMixture(1000, 3).n_components == 1000  # ordinary sizes are untouched
+    with torch.device("meta"):  # a skeleton allocates nothing: no check
+        assert GaussianMixture(10**9, 3).means.is_meta
