@@ -6,6 +6,8 @@ timed in one process. Prints a ratio table (competitor seconds / Cerebrum second
 
     python bench/gmm.py                 # N=200000, D=16, K=8, 20 iterations, float32
     python bench/gmm.py --json --types diag full
+    python bench/gmm.py --device cuda   # Cerebrum on the GPU (data passed as NumPy: the
+                                        # host-to-device copy is inside the timing)
 """
 
 from __future__ import annotations
@@ -71,11 +73,12 @@ def best_time(fn, repeat: int):
     return min(times), result
 
 
-def run_cerebrum(X, params, covariance_type, n_iter, dtype):
+def run_cerebrum(X, params, covariance_type, n_iter, dtype, device=None):
     def fit():
-        gm = GaussianMixture.from_params(*params, covariance_type=covariance_type, dtype=dtype)
+        gm = GaussianMixture.from_params(*params, covariance_type=covariance_type, dtype=dtype,
+                                         device=device)
         gm.fit(X, init="current", max_iter=n_iter, tol=0.0)
-        return gm
+        return gm  # fit reads its log-likelihood every iteration: the device is in sync
 
     return fit
 
@@ -135,6 +138,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default=None, help="Cerebrum's device (default: CPU)")
     args = parser.parse_args(argv)
 
     dtype = getattr(torch, args.dtype)
@@ -146,7 +150,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=".*did not converge.*")
     for covariance_type in args.types:
         params = initial_params(X, args.n_components, covariance_type, args.seed)
-        fit = run_cerebrum(X_lib, params, covariance_type, args.n_iter, dtype)
+        fit = run_cerebrum(X_lib, params, covariance_type, args.n_iter, dtype, args.device)
         fit()  # warm-up: first-call allocations and kernel selection
         ours_s, ours = best_time(fit, args.repeat)
         ours_ll = ours.score(X_lib)
@@ -166,6 +170,7 @@ def main(argv=None):
         "n_samples": args.n_samples, "n_features": args.n_features,
         "n_components": args.n_components, "n_iter": args.n_iter, "dtype": args.dtype,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": str(args.device or "cpu"),
         "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
     }
     if args.json:
@@ -173,7 +178,8 @@ def main(argv=None):
         return
     print(
         f"GaussianMixture EM, N={args.n_samples} D={args.n_features} K={args.n_components}, "
-        f"{args.n_iter} iterations, {args.dtype}, torch threads={meta['torch_threads']}"
+        f"{args.n_iter} iterations, {args.dtype}, torch threads={meta['torch_threads']}, "
+        f"device={meta['device']}"
     )
     header = f"{'type':<10} {'cerebrum s':>11} {'sklearn s':>10} {'ratio':>7} {'ll rel diff':>12}"
     if has_pomegranate:

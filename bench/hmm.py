@@ -86,12 +86,13 @@ def hmmlearn_model(params, n_iter):
     return model
 
 
-def run_case(name, n_iter, repeat, dtype, seed):
+def run_case(name, n_iter, repeat, dtype, seed, device=None):
     X, lengths, params = make_problem(*CASES[name], seed)
     X_ours = X.astype(np.float32 if dtype == torch.float32 else np.float64)
 
     def ours():
-        return HiddenMarkov.from_params(*params, covariance_type="diag", dtype=dtype)
+        return HiddenMarkov.from_params(*params, covariance_type="diag", dtype=dtype,
+                                        device=device)
 
     def fit_ours():
         return ours().fit(X_ours, lengths, init="current", max_iter=n_iter, tol=0.0)
@@ -130,6 +131,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default=None, help="Cerebrum's device (default: CPU)")
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -137,16 +139,18 @@ def main(argv=None):
 
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)
     dtype = getattr(torch, args.dtype)
-    rows = [run_case(name, args.n_iter, args.repeat, dtype, args.seed) for name in args.cases]
+    rows = [run_case(name, args.n_iter, args.repeat, dtype, args.seed, args.device)
+            for name in args.cases]
     meta = {
         "n_iter": args.n_iter, "dtype": args.dtype, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+        "device": str(args.device or "cpu"),
     }
     if args.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=2))
         return
     print(f"HiddenMarkov vs hmmlearn, {args.n_iter} EM iterations, {args.dtype}, "
-          f"torch threads={meta['torch_threads']}")
+          f"torch threads={meta['torch_threads']}, device={meta['device']}")
     print(f"{'case':<15} {'verb':<7} {'cerebrum s':>10} {'hmmlearn s':>11} {'ratio':>7}")
     for row in rows:
         for verb in ("fit", "score", "decode"):

@@ -19,6 +19,7 @@ context, see `cerebrum.train.brier`), and gzip -9 / xz -9e on the same bytes.
     python bench/lm.py --family gpt --minutes 1 --json
     python bench/lm.py --minutes 3 --set optimizer=adamw --set tokenizer=bytes   # variants
     python bench/lm.py --corpus ~/books/ --minutes 10
+    python bench/lm.py --family gpt --minutes 2 --device cuda    # on a GPU
 """
 
 from __future__ import annotations
@@ -97,12 +98,12 @@ def tokens_per_step(training: dict, model) -> int:
 
 
 def train_for(family, minutes: float, model_config: dict, training: dict, corpus, *,
-              compile: bool = False, seed: int = 0, tokenizer=None):
+              compile: bool = False, seed: int = 0, tokenizer=None, device=None):
     """Train for about `minutes`: the step count comes from a short probe run's throughput
     (so the schedule ends with the budget). Returns the model, steps, seconds, tokens/s and
     the seconds spent on the tokenizer and the probe (outside the budget)."""
     torch.manual_seed(seed)
-    probe = family.build(family.make_config(model_config))
+    probe = family.build(family.make_config(model_config), device=device)
     start = time.perf_counter()
     if tokenizer is not None:
         probe.tokenizer = tokenizer
@@ -118,7 +119,7 @@ def train_for(family, minutes: float, model_config: dict, training: dict, corpus
     fill = max(0.0, seconds_per_step[0] - per_step)
     steps = max(10, int((minutes * 60 - fill) * BUDGET_MARGIN / per_step))
     torch.manual_seed(seed)
-    model = family.build(family.make_config(model_config))
+    model = family.build(family.make_config(model_config), device=device)
     model.tokenizer = probe.tokenizer
     start = time.perf_counter()
     model.fit(corpus, steps=steps, warmup_steps=min(200, steps // 10), random_state=seed,
@@ -164,6 +165,8 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change the model (tokenizer, vocab_size, n_layer, ...) or the "
                         "training (batch_size, lr, optimizer, shuffle_rows, ...); repeatable")
+    parser.add_argument("--device", default=None,
+                        help="train and score on this device (default: the CPU)")
     args = parser.parse_args(argv)
     if args.family not in language_families():
         raise SystemExit(f"unknown language-model family {args.family!r}; families: "
@@ -176,14 +179,15 @@ def main(argv=None):
         raise SystemExit(f"{corpus.describe()} has no validation or test documents")
     model_config, training = settings_with(family, args.set)
     model, steps, seconds, tok_s, setup_seconds = train_for(
-        family, args.minutes, model_config, training, corpus)
+        family, args.minutes, model_config, training, corpus, device=args.device)
     n_bytes = sum(len(t.encode()) for t in texts)
     n_tokens = sum(len(model.tokenizer.encode(t)) for t in texts)
     total, active = model.parameter_counts()
     result = {
         "family": family.name, "corpus": corpus.describe(),
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "config": model_config, "training": training,
+        "threads": torch.get_num_threads(), "device": str(args.device or "cpu"),
+        "config": model_config, "training": training,
         "parameters": total, "active_parameters": active,
         "steps": steps, "train_seconds": seconds, "setup_seconds": setup_seconds,
         "tokens_per_s": tok_s, "bytes_per_token": n_bytes / n_tokens,
@@ -194,13 +198,15 @@ def main(argv=None):
     }
     if args.compile:
         _, _, _, compiled, _ = train_for(family, 1.0, model_config, training, corpus,
-                                         compile=True, tokenizer=model.tokenizer)
+                                         compile=True, tokenizer=model.tokenizer,
+                                         device=args.device)
         result["tokens_per_s_compiled"] = compiled
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"{family.name} {model_config} {training} on {result['corpus']}: {steps} steps in "
-          f"{seconds:.0f} s ({result['threads']} threads, torch {result['torch']}; tokenizer "
+          f"{seconds:.0f} s ({result['device']}, {result['threads']} threads, torch "
+          f"{result['torch']}; tokenizer "
           f"and probe {setup_seconds:.0f} s, outside the budget)")
     print(f"  parameters          {total:,} ({active:,} active per token)")
     print(f"  tokens/s            {tok_s:,.0f} training, "
