@@ -48,3 +48,14 @@ def test_bad_settings():
         BPETokenizer.train(TEXTS, vocab_size=100)
     with pytest.raises(ValueError, match="unknown tokenizer 'sentencepiece'"):
         tokenizer_from_dict({"kind": "sentencepiece"})
+
+@settings(max_examples=60, deadline=None)
+@given(ids=st.lists(st.integers(0, 299), max_size=40))
+def test_any_generated_ids_decode(bpe, ids):
+    # a model can emit any ids, among them half of a byte's two-character encoding (a lone
+    # lead byte such as 'Ã'): decoding must give bytes and text, never raise
+    ids = [i % bpe.vocab_size for i in ids]
+    data = bpe.decode_bytes(ids)
+    assert isinstance(data, bytes) and isinstance(bpe.decode(ids), str)
+    valid = [i for i in ids if i not in (bpe.pad_id, bpe.bos_id, bpe.eos_id)]
+    assert len(data) <= sum(len(bpe._tk.id_to_token(i)) for i in valid)

@@ -80,7 +80,9 @@ class BPETokenizer:
         specials = {self.pad_id, self.bos_id, self.eos_id}
         text = self._tk.decode([i for i in ids if i not in specials],
                                skip_special_tokens=True)
-        return text.encode("latin-1")
+        # A token sequence a model generated can hold half of a byte's two-character encoding
+        # (a lone lead byte): the decoder gives U+FFFD there, which becomes b"?" here.
+        return text.encode("latin-1", errors="replace")
 
     def encode(self, text: str) -> list[int]:
         return self.encode_bytes(text.encode("utf-8"))
