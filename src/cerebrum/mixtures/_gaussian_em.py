@@ -110,14 +110,19 @@ EXPANDED_FORM_LIMIT = 1e-4
 
 
 def expanded_form_error(params: GaussianParams, covariance_type: str) -> float:
-    """eps * max_k sum_d mu_kd^2 p_kd: the expanded square's rounding error per sample, in nats,
-    up to a small factor (0 for full and tied, which never use it)."""
-    if covariance_type not in ("diag", "spherical"):
-        return 0.0
-    n_features = params.means.shape[1]
-    precisions = _diagonal_precisions(params.prec_chol, covariance_type, n_features)
-    bound = (params.means.square() * precisions).sum(1).amax()
-    return float(bound) * torch.finfo(params.means.dtype).eps
+    """eps * max_k |mu_k U_k|^2 (for the diagonal types sum_d mu_kd^2 p_kd): the squared distance
+    of the farthest mean from the origin in units of its spread, times eps. For the diagonal
+    types it is the expanded square's rounding error per sample, in nats, up to a small
+    factor; for every type it says whether r @ X - (sum r) mu keeps the shift (`SHIFT_LIMIT`)."""
+    means = params.means.detach()
+    if covariance_type in ("diag", "spherical"):
+        precisions = _diagonal_precisions(params.prec_chol, covariance_type, means.shape[1])
+        bound = (means.square() * precisions).sum(1).amax()
+    elif covariance_type == "full":
+        bound = (means.unsqueeze(1) @ params.prec_chol).square().sum((1, 2)).amax()
+    else:
+        bound = (means @ params.prec_chol).square().sum(1).amax()
+    return float(bound) * torch.finfo(means.dtype).eps
 
 
 def expanded_form_is_accurate(params: GaussianParams, covariance_type: str) -> bool:
@@ -127,6 +132,11 @@ def expanded_form_is_accurate(params: GaussianParams, covariance_type: str) -> b
         return False
     return expanded_form_error(params, covariance_type) <= EXPANDED_FORM_LIMIT
 
+
+#: Largest `expanded_form_error` at which the first moments are taken as r @ X - (sum r) mu (a
+#: GEMM): the shift then loses about eps * |mu U| * (a summation factor) spreads, under 1e-3 of
+#: a spread up to |mu U| of about 300.
+SHIFT_LIMIT = 1e-2
 
 #: Below this bound the expanded form's statistics are exact to float32 rounding (clusters within
 #: a few spreads of the origin) and the final EM step needs no residual pass.
@@ -141,6 +151,8 @@ def needs_accurate_final_step(params: GaussianParams, covariance_type: str) -> b
     intermediate iterations but not for the parameters a fit returns; one residual pass at the
     end costs a few iterations' worth of time less than running every iteration that way.
     """
+    if covariance_type not in ("diag", "spherical"):
+        return False
     return expanded_form_error(params, covariance_type) > FINAL_STEP_LIMIT
 
 
@@ -254,17 +266,18 @@ def chunk_statistics(
                 torch.eye(n_features, dtype=X.dtype, device=X.device).expand_as(params.prec_chol),
                 upper=True,
             )
-        # sum r (x - ref) from the residuals, not as r @ X - (sum r) ref: that difference of
-        # two large sums loses the shift in float32 when the data sit far from the origin.
-        first = torch.bmm(weighted_resp.unsqueeze(1), residuals).squeeze(1)  # whitened (K, D)
+        first = weighted_resp @ X - resp_sum.unsqueeze(1) * ref
+        if params is not None and expanded_form_error(params, covariance_type) > SHIFT_LIMIT:
+            # Data far from the origin (|mu U| in the hundreds of spreads): that difference of
+            # two large sums keeps too few digits of the shift in float32, so sum r (x - ref)
+            # directly (a block holds few enough rows for bmm's accumulation).
+            first = torch.bmm(weighted_resp.unsqueeze(1),
+                              X.unsqueeze(0) - ref.unsqueeze(1)).squeeze(1)
         if diagonal:  # sum r (x - mu)^2 = (sum r y^2) / u^2
             second = torch.bmm(weighted_resp.unsqueeze(1), residuals.square()).squeeze(1)
             if unwhiten is not None:
-                first = first / unwhiten
                 second = second / unwhiten.square()
         else:
-            if unwhiten is not None:
-                first = (first.unsqueeze(1) @ unwhiten).squeeze(1)
             second = (residuals * weighted_resp.unsqueeze(-1)).mT @ residuals
             if unwhiten is not None:  # sum r (x - mu)(x - mu)^T = U^-T (sum r y y^T) U^-1
                 second = unwhiten.mT @ second @ unwhiten
@@ -311,7 +324,8 @@ def accumulate(
         expanded = params is None or expanded_form_is_accurate(params, covariance_type)
     if resp_fn is not None and params is not None:
         expanded = False  # one pass: the accurate form costs nothing worth saving
-    rows = block_rows(n_components, source.n_features, covariance_type)
+    # residuals (K, N, D) are the biggest intermediate off the expanded path: size blocks by them
+    rows = block_rows(n_components, source.n_features, covariance_type if expanded else "full")
     total = None
     for chunk in source:
         for block in iter_blocks(chunk, rows):

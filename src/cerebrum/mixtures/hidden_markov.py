@@ -324,6 +324,11 @@ class HiddenMarkov(nn.Module):
 
     # ------------------------------------------------------------------ emissions
 
+    def _block_rows(self, expanded: bool) -> int:
+        """Rows per block: sized by the residuals (K, N, D) off the expanded path."""
+        kind = self._flat_type if expanded else "full"
+        return block_rows(self.n_components * self.n_mix, self.n_features, kind)
+
     def _state_log_prob(self, X: torch.Tensor, emission: GaussianParams,
                         expanded: bool | None = None):
         """log b_j(x_n) (S, N) in nats, and the within-state responsibilities (K, N) (None when
@@ -331,11 +336,11 @@ class HiddenMarkov(nn.Module):
         (default: decided from the parameters)."""
         S, M = self.n_components, self.n_mix
         chunk = Chunk(X, None)
-        rows = block_rows(S * M, self.n_features, self._flat_type)
         log_b = X.new_empty(S, X.shape[0])
         within = None if M == 1 else X.new_empty(S * M, X.shape[0])
         if expanded is None:
             expanded = expanded_form_is_accurate(emission, self._flat_type)
+        rows = self._block_rows(expanded)
         start = 0
         for block in iter_blocks(chunk, rows):
             stop = start + block.n_samples
@@ -673,7 +678,7 @@ class HiddenMarkov(nn.Module):
         reference = params.emission
         stats = None
         start = 0
-        for block in iter_blocks(centred, block_rows(S * M, self.n_features, self._flat_type)):
+        for block in iter_blocks(centred, self._block_rows(expanded)):
             stop = start + block.n_samples
             resp = gamma[:, start:stop]
             if within is not None:
