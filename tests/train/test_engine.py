@@ -281,6 +281,17 @@ def test_each_phase_trains_only_its_parameters_and_its_metrics_reach_the_log(tmp
     assert header["phase"] == "two" and header["optimizer_phase"] == "one"
 
 
+def test_a_phase_scales_the_learning_rate_of_its_own_schedule():
+    phases = [Phase("one", 3, loss_fn=first_loss, trainable=("first.",), lr_scale=4.0),
+              Phase("two", 4, loss_fn=second_loss, trainable="second.")]
+    scaled = Trainer(TwoPart(), None, PairBatches(), config_for(7), phases=phases,
+                     verbose=False).run()["train"]["lr"]
+    plain = Trainer(TwoPart(), None, PairBatches(), config_for(7), phases=two_phases(),
+                    verbose=False).run()["train"]["lr"]
+    np.testing.assert_allclose(scaled[:3], 4.0 * np.asarray(plain[:3]))
+    assert scaled[3:] == plain[3:]
+
+
 @pytest.mark.parametrize("stop_at", [2, 3, 5])
 def test_resume_across_a_phase_boundary_equals_the_straight_run(tmp_path, stop_at):
     straight = Trainer(TwoPart(), None, PairBatches(), config_for(7), phases=two_phases(),
@@ -353,6 +364,8 @@ def test_count_tokens_and_move_to():
     (lambda: Phase("a", 0), "steps must be a positive integer"),
     (lambda: Phase("", 1), "non-empty name"),
     (lambda: Phase("a", 1, trainable=()), "parameter-name prefixes"),
+    (lambda: Phase("a", 1, lr_scale=0), "lr_scale must be a positive finite number"),
+    (lambda: Phase("a", 1, lr_scale=float("nan")), "lr_scale must be a positive finite"),
     (lambda: Trainer(TwoPart(), first_loss, PairBatches(), config_for(2),
                      phases=[Phase("a", 1), Phase("a", 1)]), "phase names must be unique"),
     (lambda: Trainer(TwoPart(), first_loss, PairBatches(), config_for(2),

@@ -175,6 +175,11 @@ class LanguageModel(nn.Module):
         `cerebrum.train.brier.Predictor`."""
         return LogitsPredictor(self.token_logits)
 
+    def evaluation_rows(self, texts: list[str]) -> list[tuple[str, str]]:
+        """(label, value) rows a family adds to `cerebrum eval`'s report on held-out `texts`
+        (the CALM autoencoder's reconstruction accuracy, say); none by default."""
+        return []
+
     def parameter_counts(self) -> tuple[int, int]:
         """(total, active per token) parameters, shared tensors counted once; a family that
         routes tokens (mixtures of experts) overrides it to report what one token uses."""
@@ -336,7 +341,7 @@ class LanguageModel(nn.Module):
             raise TypeError(f"the {self.family!r} family has no token likelihoods, so no bits "
                             "per byte: use brier_lm")
         return bits_per_byte(_LogitsNetwork(self), self._require_tokenizer(),
-                             _as_texts(texts))
+                             as_texts(texts))
 
     def brier_scores(self, texts, *, max_positions: int = 512, random_state: int = 0,
                      n_max: int = 4, **kwargs) -> dict:
@@ -350,7 +355,7 @@ class LanguageModel(nn.Module):
             raise ValueError(f"BrierLM needs a context of at least n_max + 1 = {n_max + 1} "
                              f"tokens; this model holds {self.context_length}")
         tokenizer = self._require_tokenizer()
-        documents = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in _as_texts(texts)]
+        documents = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in as_texts(texts)]
         was_training = self.training
         self.eval()
         try:
@@ -404,7 +409,9 @@ def check_sampling(temperature, top_k, top_p) -> None:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def _as_texts(texts) -> list[str]:
+def as_texts(texts) -> list[str]:
+    """Held-out texts as a list of strings: a Corpus gives its validation documents, one
+    string is one text; anything but strings is a TypeError."""
     if isinstance(texts, Corpus):
         texts = [d.text for d in texts.documents("validation", shuffle=False)]
     elif isinstance(texts, str):

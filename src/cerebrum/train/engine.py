@@ -155,12 +155,16 @@ class Phase:
         trainable: prefixes of the parameter names (as in `model.named_parameters()`) this
             phase trains, e.g. ("autoencoder.",); the other parameters are frozen while it
             runs. None: every parameter.
+        lr_scale: this phase's learning rate as a multiple of TrainConfig.lr (its schedule
+            is the config's, over the phase's steps): a part that learns best at another rate
+            (an autoencoder, a router) gets its own without a second config.
     """
 
     name: str
     steps: int
     loss_fn: Callable | None = None
     trainable: tuple[str, ...] | None = None
+    lr_scale: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -168,6 +172,10 @@ class Phase:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"phase {self.name!r}: steps must be a positive integer, got "
                              f"{self.steps!r}")
+        if (isinstance(self.lr_scale, bool) or not isinstance(self.lr_scale, (int, float))
+                or not math.isfinite(self.lr_scale) or self.lr_scale <= 0):
+            raise ValueError(f"phase {self.name!r}: lr_scale must be a positive finite number, "
+                             f"got {self.lr_scale!r}")
         if isinstance(self.trainable, str):
             self.trainable = (self.trainable,)
         if self.trainable is not None:
@@ -329,7 +337,7 @@ class Trainer:
 
     def _train_step(self, phase: Phase, phase_step: int) -> tuple[float, dict, int]:
         loss_fn = phase.loss_fn or self.loss_fn
-        lr = lr_at(phase_step, self.config, phase.steps)
+        lr = lr_at(phase_step, self.config, phase.steps) * phase.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         context = StepContext(step=self.step, phase=phase, phase_step=phase_step,
