@@ -6,6 +6,7 @@ saves, loads and merges them. `registry` lists the families; `persistence` is th
 single-file format.
 """
 
+from cerebrum.brain import calm as _calm  # noqa: F401  (registers calm)
 from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
 from cerebrum.brain import gpt as _gpt  # noqa: F401  (registers gpt)
 from cerebrum.brain import hybrids as _hybrids  # noqa: F401  (registers mmm, vrmgt)
