@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from cerebrum import __version__
+from cerebrum import __version__, cli_mgm, cli_neat
 
 
 def _add_demo(subparsers) -> None:
@@ -471,6 +471,7 @@ def _run_eval(args) -> int:
         rows.append(("bits per byte", f"{model.bits_per_byte(texts):.4f}"))
     if args.brier_positions:
         rows.append(("BrierLM", f"{model.brier_lm(texts, max_positions=args.brier_positions):.2f}"))
+    rows.extend(model.evaluation_rows(texts))
     for name, value in rows:
         print(f"{value}  {name}")
     n_bytes = sum(len(t.encode()) for t in texts)
@@ -530,7 +531,8 @@ def _print_table(header, rows) -> None:
 
 #: Verbs in the order `--help` lists them.
 COMMANDS = [_add_fit, _add_score, _add_classify, _add_info, _add_sample, _add_train,
-            _add_eval, _add_generate, _add_export_hf, _add_demo]
+            _add_eval, _add_generate, _add_export_hf, cli_mgm.add_command, cli_neat.add_command,
+            _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

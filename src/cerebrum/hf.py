@@ -120,7 +120,7 @@ def _core_source() -> str:
 def export_hf(model, directory) -> Path:
     """Write a language model (from `Cerebrum.models[...]`, `from_checkpoint` or `fit`) as a
     Transformers directory; returns its path. Families with an exporter in `EXPORTERS` (the
-    GPT today) can be exported; others raise TypeError saying why (their `hf_export_note`)."""
+    GPT and MGM) can be exported; others raise TypeError saying why (their `hf_export_note`)."""
     from cerebrum.brain.language_model import LanguageModel
 
     if not isinstance(model, LanguageModel):
@@ -160,5 +160,12 @@ def _export_gpt(model, directory: Path) -> Path:
     return directory
 
 
+def _export_mgm(model, directory: Path) -> Path:
+    """The "mgm" family's exporter (cerebrum.hf_mgm: its own modeling code)."""
+    from cerebrum.hf_mgm import export_mgm_hf
+
+    return export_mgm_hf(model, directory)
+
+
 #: family name -> exporter(model, directory) -> directory
-EXPORTERS = {"gpt": _export_gpt}
+EXPORTERS = {"gpt": _export_gpt, "mgm": _export_mgm}

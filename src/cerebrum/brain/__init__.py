@@ -10,6 +10,7 @@ from cerebrum.brain import calm as _calm  # noqa: F401  (registers calm)
 from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
 from cerebrum.brain import gpt as _gpt  # noqa: F401  (registers gpt)
 from cerebrum.brain import hybrids as _hybrids  # noqa: F401  (registers mmm, vrmgt)
+from cerebrum.brain import mgm as _mgm  # noqa: F401  (registers mgm)
 from cerebrum.brain import neat as _neat  # noqa: F401  (registers neat)
 from cerebrum.brain.cerebrum import MMM, Cerebrum
 from cerebrum.brain.managers import MM, MMMan
