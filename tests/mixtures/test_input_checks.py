@@ -1,12 +1,15 @@
 """Bad arguments at the classical models' entry points (issue 16, section 4): weights of a
 weighted score, sequence lengths that would be truncated or wrap, and sizes no machine holds."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from cerebrum import GaussianMixture, HiddenMarkov
 from cerebrum._util import validation
+from cerebrum.exceptions import NotFittedError
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +82,31 @@ def test_sizes_beyond_this_machines_memory_are_refused(monkeypatch):
     assert GaussianMixture(1000, 3).n_components == 1000  # ordinary sizes are untouched
     with torch.device("meta"):  # a skeleton allocates nothing: no check
         assert GaussianMixture(10**9, 3).means.is_meta
+
+
+def test_init_current_on_an_unfitted_model_says_so():
+    X = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
+    with pytest.raises(NotFittedError, match="HiddenMarkov is not fitted"):
+        HiddenMarkov(2, 2).fit(X, init="current", max_iter=2)
+    model = GaussianMixture(2, 2)
+    with pytest.warns(UserWarning, match="init='current' on an unfitted .* construction values"):
+        model.fit(X, init="current", max_iter=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="init='current'")  # fitted now: no warning
+        model.fit(X, init="current", max_iter=2)
+
+
+@pytest.mark.parametrize("scale, message", [
+    (1e39, r"X holds values up to 1e\+39, out of range for torch.float32 .* standardise"),
+    (1e30, r"X holds values up to 1e\+30, too large for torch.float32 arithmetic .*float64"),
+])
+def test_values_beyond_float32_are_named_as_such(scale, message):
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    X[0, 0] = scale
+    model = GaussianMixture(2, 2).fit(np.random.default_rng(1).normal(size=(50, 2)))
+    for call in (lambda: GaussianMixture(2, 2).fit(X), lambda: model.score(X),
+                 lambda: model.predict_proba(X)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    # float64 holds them: the same data fit there
+    GaussianMixture(2, 2, dtype=torch.float64).fit(X / scale * 1e3, max_iter=3)

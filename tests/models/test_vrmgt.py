@@ -197,6 +197,10 @@ def test_bad_input():
         model.fit(bad, epochs=1)
     with pytest.raises(ValueError, match="validation_split"):
         model.fit(np.zeros((2, 4, 2)), epochs=1, validation_split=1.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"holds out all 3 sequences .* leaving none to train"):
+        model.fit(np.zeros((3, 4, 2)), epochs=1, validation_split=0.99)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_targets_are_refused_with_the_reason():

@@ -41,11 +41,29 @@ def to_numeric_tensor(
         )
     if not array.flags.writeable:  # torch cannot wrap read-only memory (e.g. a memmap)
         array = array.copy()
+    if array.dtype.kind == "f" and array.dtype.itemsize > torch.finfo(dtype).bits // 8:
+        _check_fits(array, name, dtype)
     return torch.as_tensor(array, device=device).to(dtype)
 
 
+def _check_fits(array: np.ndarray, name: str, dtype: torch.dtype) -> None:
+    """A ValueError when finite values of `array` overflow `dtype` (1e39 in float32 would
+    otherwise arrive as infinity and be reported as such)."""
+    if array.size == 0:
+        return
+    largest = float(np.nanmax(np.abs(array))) if not np.isnan(array).all() else 0.0
+    limit = torch.finfo(dtype).max
+    if math.isfinite(largest) and largest > limit:
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g}, out of range for {dtype} (largest "
+            f"{limit:.3g}): standardise the data (subtract the mean, divide by the spread) or "
+            "use dtype=torch.float64")
+
+
 def check_finite(tensor: torch.Tensor, *, name: str) -> None:
-    """Raise ValueError naming `name` when `tensor` holds NaN or infinity."""
+    """Raise ValueError naming `name` when `tensor` holds NaN or infinity, or values so large
+    that their squares overflow its dtype (data scaled by 1e30 in float32 would otherwise give
+    -inf or NaN scores)."""
     if tensor.numel() == 0:
         return
     # One NaN-propagating min/max reduction: several times faster than isfinite().all().
@@ -53,6 +71,14 @@ def check_finite(tensor: torch.Tensor, *, name: str) -> None:
     if not (math.isfinite(float(low)) and math.isfinite(float(high))):
         n_bad = int((~torch.isfinite(tensor)).sum())
         raise ValueError(f"{name} contains NaN or infinity ({n_bad} non-finite values)")
+    largest = max(abs(float(low)), abs(float(high)))
+    # squares of N such values must still sum: leave room for a million of them
+    limit = math.sqrt(torch.finfo(tensor.dtype).max / 1e6) if tensor.is_floating_point() else None
+    if limit is not None and largest > limit:
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g}, too large for {tensor.dtype} arithmetic "
+            f"(sums of their squares overflow above about {limit:.3g}): standardise the data "
+            "(subtract the mean, divide by the spread) or use dtype=torch.float64")
 
 
 def check_samples(

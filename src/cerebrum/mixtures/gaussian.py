@@ -360,6 +360,13 @@ class GaussianMixture(nn.Module):
             method, init, max_iter, n_init, tol, reg_covar, lr,
             methods=FIT_METHODS, inits=INIT_METHODS,
         )
+        if init == "current" and not self.is_fitted:
+            warnings.warn(
+                f"init='current' on an unfitted {type(self).__name__} starts from its "
+                "construction values (random means, unit variances), not from a fit: pass "
+                "init='kmeans++' for a data-driven start, or build it with from_params",
+                UserWarning, stacklevel=2,
+            )
         n_steps = max_iter if epochs is None else check_positive_int(epochs, name="epochs")
 
         source = SampleSource(

@@ -36,14 +36,19 @@ def derived_seed(seed: int, *key: int) -> int:
 def split_sequences(n_sequences: int, validation_split: float, seed: int
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(training indices, validation indices) of n_sequences: a seeded permutation, the first
-    round(validation_split * n) held out (none of a single sequence; one is always kept for
-    training)."""
+    round(validation_split * n) held out (none of a single sequence). A split that would hold
+    out every sequence is refused rather than quietly trained on fewer than asked."""
     n_sequences = check_positive_int(n_sequences, name="n_sequences")
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
     rng = np.random.default_rng(np.random.SeedSequence(int(seed) % 2**64, spawn_key=(_SPLIT,)))
     order = rng.permutation(n_sequences)
-    n_val = min(round(validation_split * n_sequences), n_sequences - 1)
+    n_val = 0 if n_sequences == 1 else round(validation_split * n_sequences)
+    if n_val >= n_sequences:
+        raise ValueError(
+            f"validation_split={validation_split!r} holds out all {n_sequences} sequences "
+            f"(round({validation_split!r} * {n_sequences}) = {n_val}), leaving none to train "
+            "on: use a smaller validation_split or more sequences")
     return order[n_val:], order[:n_val]
 
 
