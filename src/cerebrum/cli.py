@@ -430,11 +430,15 @@ def _run_train(args) -> int:
                         if k != "verbose" and not (k == "eval_every" and v is None)})
     _check_run_directory(args.out)
     fit_kwargs.setdefault("verbose", True)
-    model.fit(corpus, out_dir=args.out, resume=args.resume, **fit_kwargs)
+    try:
+        model.fit(corpus, out_dir=args.out, resume=args.resume, **fit_kwargs)
+    except KeyboardInterrupt:
+        print(f"interrupted: the last checkpoint is in {args.out}; continue with --resume",
+              file=sys.stderr)
+        return 130
     history = model.history_
     last = history["train"]["loss"][-1] if history["train"]["loss"] else float("nan")
-    state = "interrupted" if history.get("interrupted") else "done"
-    print(f"{state}: step {history['train']['step'][-1]}, loss {last:.4f}, "
+    print(f"done: step {history['train']['step'][-1]}, loss {last:.4f}, "
           f"checkpoints in {args.out}")
     return 0
 

@@ -235,3 +235,31 @@ def test_a_failed_fit_leaves_the_model_as_it_was(corpus_dir, tokenizer):
         assert torch.equal(value, before[key]), key
     assert (model.tokenizer is None) == (tokenizer == "bpe")
     assert model.history_ == {} and model.corpus_ is None
+
+
+def test_an_interrupted_fit_leaves_the_model_as_it_was_and_resumes(toy_families, corpus_dir,
+                                                                   tmp_path):
+    import os
+    import signal
+
+    model = _toy_family.ToyLM(width=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, calls = model.loss, {"n": 0}
+
+    def interrupting(net, batch, context):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(net, batch, context)
+
+    model.loss = interrupting
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted at step \d+; the model is as it "
+                                                "was before fit; fit again with resume=True"):
+        model.fit(held_out(corpus_dir), out_dir=run, **FIT)
+    for key, value in before.items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    assert model.history_ == {}
+    resumed = from_checkpoint(run)
+    resumed.fit(held_out(corpus_dir), out_dir=run, resume=True, **FIT)
+    assert resumed.history_["train"]["step"][-1] == 8

@@ -222,7 +222,8 @@ def small_model(seed):
 
 def test_resume_after_sigint_equals_the_uninterrupted_run(tmp_path):
     """SIGINT from inside the loss at step 5 (of 8: 6 training sequences in batches of 4,
-    4 epochs): the step ends, a checkpoint is written, fit returns with a warning; a fresh
+    4 epochs): the step ends, a checkpoint is written, fit raises KeyboardInterrupt and leaves
+    the model as it was; a fresh
     model resumed from out_dir (random_state=None: the run's own seed, read back) ends
     exactly where the straight run ends, history and weights."""
     import os
@@ -243,12 +244,14 @@ def test_resume_after_sigint_equals_the_uninterrupted_run(tmp_path):
         return training_loss(*args, **kwargs)
 
     interrupted.training_loss = interrupt_at_fifth_step
+    before = {k: v.clone() for k, v in interrupted.state_dict().items()}
     torch.manual_seed(7)  # random_state=None: the run's seed comes from the global RNG
-    with pytest.warns(UserWarning, match="interrupted after step 5 of 8; fit again with "
-                                         "resume=True"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted after step 5 of 8; the model is "
+                                                "as it was before fit; fit again with resume"):
         interrupted.fit(X, out_dir=out, **FIT)
-    assert interrupted.history_["interrupted"] and calls["n"] == 5
-    assert len(interrupted.history_["train_loss"]) == 3  # epochs 0, 1 and part of 2
+    assert calls["n"] == 5 and not interrupted.history_  # as before fit: empty
+    for key, value in before.items():  # an interrupted fit leaves the model as it was
+        assert torch.equal(value, interrupted.state_dict()[key]), key
     header, _ = read_checkpoint(latest_checkpoint(out))
     assert header["step"] == 5 and header["data"]["drawn"] == 5
 
@@ -318,11 +321,24 @@ def test_early_stopping_restores_the_best_weights():
     assert not torch.equal(snapshots[6]["start_logits"], snapshots[4]["start_logits"])
 
 
-def test_a_non_finite_loss_stops_training_before_it_reaches_the_weights():
+def test_data_too_large_for_float32_is_refused_before_training():
     X = np.random.default_rng(0).normal(size=(6, 5, 2)).astype(np.float32) * 1e30
     model = small_model(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
+    with pytest.raises(ValueError, match="too large for torch.float32 arithmetic"):
         model.fit(X, epochs=2, random_state=0)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_a_failed_fit_of_a_trained_model_leaves_it_as_it_was():
+    # lr=1e9 on a trained model: the loss turns NaN after some updates have been applied
+    _, X = two_regimes(8, 6)
+    model = small_model(0).fit(X, epochs=2, random_state=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history, score = model.history_, model.score(X)
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        model.fit(X, epochs=3, lr=1e9, random_state=0)
+    for key, value in before.items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    assert model.history_ is history and model.score(X) == score

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -159,18 +158,41 @@ def fit_sequences(model, X, lengths=None, *, tgt=None, epochs: int = 100, lr: fl
     trainer = Trainer(model, loss_fn, batches, config, out_dir=out_dir,
                       evaluate=evaluate if validating else None, extra_state=extra_state,
                       verbose=verbose)
-    result = trainer.run(resume=resume)
-    model.eval()
-    model.history_ = _epoch_history(result, batches.batch_sizes())
-    if result["interrupted"]:
-        where = (f"fit again with resume=True and out_dir={str(out_dir)!r} to continue"
-                 if out_dir is not None else "nothing was saved (no out_dir)")
-        warnings.warn(f"training was interrupted after step {trainer.step} of "
-                      f"{trainer.total_steps}; {where}", UserWarning, stacklevel=2)
-    after_fit = getattr(model, "after_fit", None)
-    if after_fit is not None:
-        after_fit(batch)
+    saved = _snapshot(model)
+    try:
+        result = trainer.run(resume=resume)
+        if result["interrupted"]:
+            where = (f"fit again with resume=True and out_dir={str(out_dir)!r} to continue"
+                     if out_dir is not None else "nothing was saved (no out_dir)")
+            raise KeyboardInterrupt(
+                f"training was interrupted after step {trainer.step} of {trainer.total_steps}; "
+                f"the model is as it was before fit; {where}")
+        model.eval()
+        model.history_ = _epoch_history(result, batches.batch_sizes())
+        after_fit = getattr(model, "after_fit", None)
+        if after_fit is not None:
+            after_fit(batch)
+    except BaseException:
+        _restore(model, saved)  # a failed or interrupted fit loses nothing
+        raise
     return model
+
+
+def _snapshot(model) -> dict:
+    """What a fit changes: every parameter and buffer, the fitted history, the mode."""
+    return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "history_": getattr(model, "history_", None), "training": model.training}
+
+
+def _restore(model, saved: dict) -> None:
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            value.copy_(saved["state"][key])
+    if saved["history_"] is None:
+        model.__dict__.pop("history_", None)
+    else:
+        model.history_ = saved["history_"]
+    model.train(saved["training"])
 
 
 def _epoch_history(result: dict, batch_sizes: list[int]) -> dict:

@@ -252,7 +252,9 @@ class LanguageModel(nn.Module):
         checkpoints, metrics.jsonl and curves.npz go there; `resume` continues from its
         newest checkpoint. `history_` gets the curves; every `eval_every` steps and at the
         end, bits per byte (families with likelihoods) on `eval_documents` documents of the
-        corpus's validation split."""
+        corpus's validation split. A failed fit, or one interrupted by SIGINT / SIGTERM,
+        raises (KeyboardInterrupt for an interruption) and leaves the model as it was; the
+        run directory keeps the checkpoint written at the interruption."""
         evaluation = settings.get("eval_every", 0) is not None
         if not evaluation:
             del settings["eval_every"]
@@ -262,8 +264,14 @@ class LanguageModel(nn.Module):
         try:
             self._fit(corpus, config, evaluation=evaluation, out_dir=out_dir, resume=resume,
                       verbose=verbose)
+            if self.history_.get("interrupted"):
+                where = (f"fit again with resume=True and out_dir={str(out_dir)!r} to continue"
+                         if out_dir is not None else "nothing was saved (no out_dir)")
+                raise KeyboardInterrupt(
+                    f"training was interrupted at step {self.history_['train']['step'][-1]}; "
+                    f"the model is as it was before fit; {where}")
         except BaseException:
-            self._restore(saved)  # a failed fit leaves the model as it was
+            self._restore(saved)  # a failed or interrupted fit leaves the model as it was
             raise
         return self
 
