@@ -325,7 +325,7 @@ def test_data_too_large_for_float32_is_refused_before_training():
     X = np.random.default_rng(0).normal(size=(6, 5, 2)).astype(np.float32) * 1e30
     model = small_model(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="too large for torch.float32 arithmetic"):
+    with pytest.raises(ValueError, match=r"too large for torch\.float32 arithmetic"):
         model.fit(X, epochs=2, random_state=0)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
