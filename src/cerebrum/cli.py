@@ -347,7 +347,19 @@ def _read_settings(args) -> dict:
             settings.update(tomllib.loads(text))
         else:
             settings.update(json.loads(text))
-    for item in args.overrides or []:
+    settings.update(parse_overrides(args.overrides))
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    return settings
+
+
+def parse_overrides(items) -> dict:
+    """`--set KEY=VALUE` items as a dict, each VALUE read as JSON where it parses (numbers,
+    true/false, lists) and kept as a string otherwise."""
+    import json
+
+    settings = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -355,8 +367,6 @@ def _read_settings(args) -> dict:
             settings[key] = json.loads(value)
         except json.JSONDecodeError:
             settings[key] = value
-    if args.steps is not None:
-        settings["steps"] = args.steps
     return settings
 
 

@@ -61,16 +61,9 @@ def add_command(subparsers) -> None:
 
 
 def _overrides(args) -> dict:
-    settings = {}
-    for item in args.overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
-    return settings
+    from cerebrum.cli import parse_overrides  # loaded already: cli imports this module
+
+    return parse_overrides(args.overrides)
 
 
 def run(args) -> int:
