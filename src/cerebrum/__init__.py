@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import importlib
 
-from cerebrum.exceptions import CerebrumFileError, ConvergenceWarning, NotFittedError
+from cerebrum.exceptions import (
+    CerebrumFileError,
+    ConvergenceWarning,
+    NotFittedError,
+    NotFittedWarning,
+)
 
 __version__ = "0.1.0"
 
@@ -27,6 +32,7 @@ __all__ = [
     "Cerebrum",
     "CerebrumFileError",
     "ConvergenceWarning",
+    "NotFittedWarning",
     "GaussianMixture",
     "HiddenMarkov",
     "MMMan",

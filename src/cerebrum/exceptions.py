@@ -9,6 +9,11 @@ class NotFittedError(ValueError, AttributeError):
     """An inference method was called on a model that has not been fitted (or given parameters)."""
 
 
+class NotFittedWarning(UserWarning):
+    """Parameters were read from a model that was never fitted nor given parameters: what comes
+    back are its construction values (seed 000 lets a manager absorb such a model and query it)."""
+
+
 class ConvergenceWarning(UserWarning):
     """An iterative fit stopped at its iteration limit before meeting its tolerance."""
 

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from cerebrum import ConvergenceWarning, GaussianMixture, NotFittedError
+from cerebrum import ConvergenceWarning, GaussianMixture, NotFittedError, NotFittedWarning
 from tests.conftest import blobs, random_covariances
 
 TYPES = ["full", "diag", "tied", "spherical"]
@@ -494,9 +494,20 @@ def test_inference_before_fit_raises_not_fitted():
     for call in (gm.score, gm.score_samples, gm.predict, gm.predict_proba, gm.bic, gm.aic):
         with pytest.raises(NotFittedError, match="not fitted yet"):
             call(X)
-    for getter in (gm.get_means, gm.get_variances, gm.get_weights, lambda: gm.sample(3)):
-        with pytest.raises(NotFittedError):
-            getter()
+    with pytest.raises(NotFittedError):
+        gm.sample(3)
+
+
+def test_getters_before_fit_warn_and_return_construction_values():
+    # seed 000, example 2: a manager absorbs GaussianMixture(5, 10) unfitted and reads it back
+    gm = GaussianMixture(2, 3, "full")
+    with pytest.warns(NotFittedWarning, match="construction values"):
+        means = gm.get_means()
+    np.testing.assert_array_equal(means, gm.means.detach().numpy())
+    with pytest.warns(NotFittedWarning):
+        np.testing.assert_allclose(gm.get_weights(), [0.5, 0.5])
+    with pytest.warns(NotFittedWarning):
+        np.testing.assert_allclose(gm.get_variances(), np.broadcast_to(np.eye(3), (2, 3, 3)))
 
 
 def test_failed_fit_leaves_previous_parameters_untouched():

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 
 import numpy as np
 import torch
 
-from cerebrum.exceptions import NotFittedError
+from cerebrum.exceptions import NotFittedError, NotFittedWarning
 
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 
@@ -214,6 +215,18 @@ def check_fitted(model) -> None:
         raise NotFittedError(
             f"This {type(model).__name__} is not fitted yet: call fit(...) or build it with "
             f"from_params(...) before using this method"
+        )
+
+
+def warn_if_unfitted(model) -> None:
+    """Warn (NotFittedWarning) when `model` was never fitted: its getters then return the
+    construction values, which a manager may hold before fitting (seed 000, example 2)."""
+    if not model.is_fitted:
+        warnings.warn(
+            f"This {type(model).__name__} is not fitted yet: the parameters returned are its "
+            f"construction values; call fit(...) or build it with from_params(...) first",
+            NotFittedWarning,
+            stacklevel=3,
         )
 
 

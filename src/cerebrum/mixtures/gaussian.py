@@ -35,6 +35,7 @@ from cerebrum._util.validation import (
     check_score_weights,
     make_generator,
     to_numeric_tensor,
+    warn_if_unfitted,
 )
 from cerebrum.exceptions import ConvergenceWarning
 from cerebrum.mixtures._data import SampleSource
@@ -292,18 +293,18 @@ class GaussianMixture(nn.Module):
 
     def get_weights(self) -> np.ndarray:
         """Mixture weights (K,) as NumPy."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         return self.log_weights().detach().exp().cpu().numpy()
 
     def get_means(self) -> np.ndarray:
         """Component means (K, D) as NumPy."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         return self.means.detach().cpu().numpy().copy()
 
     def get_variances(self) -> np.ndarray:
         """Covariances in scikit-learn's shape for the type: full (K, D, D), tied (D, D),
         diag (K, D), spherical (K,)."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         with torch.no_grad():
             covariances = covariance_from_precision_cholesky(
                 self._precision_cholesky(), self.covariance_type
@@ -312,7 +313,7 @@ class GaussianMixture(nn.Module):
 
     def get_precisions_cholesky(self) -> np.ndarray:
         """The precision Cholesky factors U (scikit-learn's `precisions_cholesky_`)."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         return self._precision_cholesky().detach().cpu().numpy()
 
     # ------------------------------------------------------------------ fitting

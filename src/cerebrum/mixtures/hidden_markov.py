@@ -42,6 +42,7 @@ from cerebrum._util.validation import (
     check_positive_int,
     make_generator,
     to_numeric_tensor,
+    warn_if_unfitted,
 )
 from cerebrum.exceptions import ConvergenceWarning
 from cerebrum.mixtures import _hmm_compiled as compiled
@@ -494,28 +495,28 @@ class HiddenMarkov(nn.Module):
 
     def get_startprob(self) -> np.ndarray:
         """Start probabilities (S,) as NumPy."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         return torch.softmax(self.start_logits.detach(), 0).cpu().numpy()
 
     def get_transmat(self) -> np.ndarray:
         """Transition matrix (S, S) as NumPy; row i holds p(z_t = . | z_{t-1} = i)."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         return torch.softmax(self.transition_logits.detach(), 1).cpu().numpy()
 
     def get_weights(self) -> np.ndarray:
         """Mixture weights of each state (S, M) as NumPy."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         return torch.softmax(self.weight_logits.detach(), 1).cpu().numpy()
 
     def get_means(self) -> np.ndarray:
         """Component means (S, M, D) as NumPy."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         return self.means.detach().cpu().numpy().copy()
 
     def get_variances(self) -> np.ndarray:
         """Covariances in GMMHMM's shapes: full (S, M, D, D), diag (S, M, D), tied (S, D, D),
         spherical (S, M)."""
-        check_fitted(self)
+        warn_if_unfitted(self)
         with torch.no_grad():
             covariances = covariance_from_precision_cholesky(
                 self._precision_cholesky(), self.covariance_type
