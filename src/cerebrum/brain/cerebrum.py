@@ -142,9 +142,15 @@ class Cerebrum(nn.Module):
         return self._select_data(model_id, lambda m, f: m.get_weights(), data_ids)
 
     def score(self, model_id, X, data_ids=None, **kwargs):
-        """The model's `score(X)`: mean log-likelihood per sample for a GaussianMixture, the
-        sum over sequences for a HiddenMarkov (pass `lengths=`)."""
-        return self._select_data(model_id, lambda m, f: m.score(X, **kwargs), data_ids)
+        """The model's score of X: for samples (N, D) a GaussianMixture's mean log-likelihood
+        per sample; for sequences ((B, T, D), a list, or `lengths=`) the sum over them of
+        their log-likelihoods (GaussianMixture: frames independent; HiddenMarkov: forward
+        algorithm; hybrids: their bound)."""
+        def score(model, family):
+            return model.score(X, **kwargs) if family is None else family.score_model(
+                model, X, **kwargs)
+
+        return self._select_data(model_id, score, data_ids)
 
     def get_log_likelihoods(self, model_id, X, data_ids=None, **kwargs):
         """Per-sample (GMM) or per-sequence (HMM) log-likelihoods of X, as NumPy."""

@@ -4,6 +4,12 @@ Their configs hold the architecture (sizes, covariance type, dtype); fit setting
 keyword arguments of the models' own `fit`, so the registry and the models cannot disagree.
 Log-likelihoods are exact, in nats: a GaussianMixture scores a sequence as the sum over its
 frames (the frames taken as independent), a HiddenMarkov by the forward algorithm.
+
+`score` through the managers: samples (N, D) get a GaussianMixture's own score, the mean
+log-likelihood per sample (scikit-learn's); sequences (a (B, T, D) array, a list of (T_i, D)
+arrays, or (N, D) with `lengths`) get, from either family, the sum over sequences of each
+sequence's log-likelihood (hmmlearn's convention), so one batch of sequences can be scored by
+every model of a manager (seed 000's `mmman.score(seq_data_batch)`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cerebrum._util.sequences import as_sequence_batch
 from cerebrum._util.validation import COVARIANCE_TYPES, check_choice, check_positive_int
 from cerebrum.brain.registry import Family, register
 from cerebrum.mixtures import GaussianMixture, HiddenMarkov
@@ -94,6 +101,24 @@ def _hmm_sequence_log_likelihoods(model: HiddenMarkov, X, lengths) -> np.ndarray
     return model.log_likelihoods(X, lengths=lengths)
 
 
+def _is_sequences(X, lengths) -> bool:
+    return lengths is not None or isinstance(X, (list, tuple)) or np.ndim(X) == 3
+
+
+def _gmm_score(model: GaussianMixture, X, lengths=None, **kwargs) -> float:
+    """Samples: the model's mean log-likelihood per sample. Sequences: the sum over them of
+    their frames' log-densities (the total log-likelihood, HiddenMarkov's score)."""
+    if not _is_sequences(X, lengths):
+        return model.score(X, **kwargs)
+    if kwargs:
+        raise TypeError(f"scoring sequences takes only lengths, got {', '.join(sorted(kwargs))}")
+    param = model.means
+    batch = as_sequence_batch(X, lengths, n_features=model.n_features, dtype=param.dtype,
+                              device=param.device, owner=f"this {type(model).__name__}")
+    frames = batch.X.detach().cpu().numpy()
+    return float(_gmm_sequence_log_likelihoods(model, frames, batch.lengths.cpu()).sum())
+
+
 def _build_gmm(config: GMMConfig, device=None) -> GaussianMixture:
     return GaussianMixture(config.n_components, config.n_features, config.covariance_type,
                            dtype=getattr(torch, config.dtype), device=device)
@@ -126,6 +151,7 @@ GMM = register(Family(
     fit=GaussianMixture.fit,
     sequence_log_likelihoods=_gmm_sequence_log_likelihoods,
     log_likelihoods=lambda model, X: model.score_samples(X),
+    score=_gmm_score,
     infer_config=_infer,
     managed=True,
     summary_attributes=("converged_", "n_iter_", "lower_bound_", "lower_bounds_"),

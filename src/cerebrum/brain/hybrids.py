@@ -4,7 +4,8 @@
 Their configs are the models' own config dataclasses; fit settings are the keywords of
 `fit_sequences` (epochs, lr, batch_size, clip_norm, weight_decay, kl_anneal_epochs,
 validation_split, patience, random_state, verbose, out_dir, resume, warmup_steps,
-checkpoint_every), which the models' own `fit` methods pass on. Log-likelihoods are
+checkpoint_every, optimizer, schedule, min_lr_ratio, time_major), which the models' own `fit`
+methods pass on. Log-likelihoods are
 importance-weighted lower bounds in nats per sequence (see the model's docstring).
 
 `fit_sequences` trains any sequence model that offers
@@ -13,7 +14,8 @@ importance-weighted lower bounds in nats per sequence (see the model's docstring
     model.validation_loss(x, lengths, generator) -> scalar (the full-KL loss, per frame)
     model.after_fit(batch) -> None                             optional: post-fit steps
 (x a padded (B, T, D) batch) with `cerebrum.train.engine.Trainer`: seeds 000 / 001's regime,
-AdamW at a constant learning rate (optionally after a linear warm-up), KL annealing
+AdamW at a constant learning rate (optionally after a linear warm-up; the optimizer and a
+cosine or warmup-stable-decay schedule are settable as for every neural family), KL annealing
 w_KL = min(1, epoch / kl_anneal_epochs), gradient clipping, mini-batches, and a validation
 split with early stopping on the validation loss (counted once the KL weight is full; the
 best weights are kept), plus what the engine gives every family: checkpoints and exact
@@ -39,6 +41,10 @@ from cerebrum.train.sequences import SequenceBatches, derived_seed, split_sequen
 
 #: the stream of the validation loss's latent samples (see train.sequences.derived_seed)
 _VALIDATION_STREAM = 0
+#: the learning-rate schedules of a hybrid fit: constant (seeds 000 / 001) or the engine's
+SCHEDULES = ("constant", "cosine", "wsd")
+#: the learning rate when neither the call nor the model (its `default_lr`) names one
+DEFAULT_LR = 1e-3
 
 
 def kl_weight(epoch: int, kl_anneal_epochs: int) -> float:
@@ -47,8 +53,11 @@ def kl_weight(epoch: int, kl_anneal_epochs: int) -> float:
 
 
 def check_fit_settings(epochs, lr, batch_size, clip_norm, weight_decay, validation_split,
-                       patience, kl_anneal_epochs, warmup_steps, checkpoint_every) -> None:
+                       patience, kl_anneal_epochs, warmup_steps, checkpoint_every,
+                       schedule="constant") -> None:
     """ValueError / TypeError naming the first bad fit setting."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     check_positive_int(epochs, name="epochs")
     check_positive_int(batch_size, name="batch_size")
     check_positive_int(kl_anneal_epochs, name="kl_anneal_epochs", minimum=0)
@@ -76,12 +85,14 @@ def _run_seed(random_state, out_dir, resume: bool) -> int:
     return int(torch.randint(2**62, ()).item())
 
 
-def fit_sequences(model, X, lengths=None, *, tgt=None, epochs: int = 100, lr: float = 1e-3,
-                  batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
-                  kl_anneal_epochs: int = 0, validation_split: float = 0.1,
-                  patience: int | None = 10, random_state=None, verbose: bool = False,
-                  out_dir=None, resume: bool = False, warmup_steps: int = 0,
-                  checkpoint_every: int = 10):
+def fit_sequences(model, X, lengths=None, *, tgt=None, epochs: int = 100,
+                  lr: float | None = None, batch_size: int = 32, clip_norm: float = 5.0,
+                  weight_decay: float = 0.0, kl_anneal_epochs: int = 0,
+                  validation_split: float = 0.1, patience: int | None = 10, random_state=None,
+                  verbose: bool = False, out_dir=None, resume: bool = False,
+                  warmup_steps: int = 0, checkpoint_every: int = 10, optimizer: str = "adamw",
+                  schedule: str = "constant", min_lr_ratio: float = 0.1,
+                  time_major: bool = False):
     """Train a sequence hybrid on X with the shared engine (see the module docstring); returns
     the model, fitted in place.
 
@@ -96,15 +107,22 @@ def fit_sequences(model, X, lengths=None, *, tgt=None, epochs: int = 100, lr: fl
     epochs, at the end and when interrupted), metrics.jsonl (per step: loss, kl_weight,
     epoch; per epoch: eval/val_loss) and curves.npz; `resume=True` continues the latest
     checkpoint there exactly (with random_state=None, under the seed of the run it
-    continues). `warmup_steps`: linear warm-up of the learning rate over that many batches,
-    constant afterwards.
+    continues). `warmup_steps`: linear warm-up of the learning rate over that many batches.
+    `lr`: None takes the model's `default_lr` (the VRMGT's is seed 001's 1e-4), else 1e-3.
+    `optimizer`: "adamw" or "muon" (the engine's); `schedule`: "constant" after the warm-up
+    (seeds 000 / 001), "cosine" or "wsd" (warmup-stable-decay) down to `min_lr_ratio * lr`
+    over the run. `time_major=True`: X (and tgt) are seed 000's time-major (T, B, D) arrays
+    instead of the batch-first (B, T, D) every verb takes by default.
 
     `model.history_` gets, per epoch: train_loss (the mean training loss per frame, annealed),
     val_loss (the full-KL validation loss per frame; empty without a validation split),
     kl_weight; and best_val_loss (None when no epoch qualified), early_stopped, interrupted.
     """
+    lr = getattr(model, "default_lr", DEFAULT_LR) if lr is None else lr
     check_fit_settings(epochs, lr, batch_size, clip_norm, weight_decay, validation_split,
-                       patience, kl_anneal_epochs, warmup_steps, checkpoint_every)
+                       patience, kl_anneal_epochs, warmup_steps, checkpoint_every, schedule)
+    if time_major:
+        X, tgt = _batch_first(X, "X"), None if tgt is None else _batch_first(tgt, "tgt")
     batch = model.training_batch(X, lengths, tgt)
     seed = _run_seed(random_state, out_dir, resume)
     x_all = padded(batch)
@@ -114,8 +132,10 @@ def fit_sequences(model, X, lengths=None, *, tgt=None, epochs: int = 100, lr: fl
     per_epoch = batches.batches_per_epoch
     validating = len(val_idx) > 0
     config = TrainConfig(
-        steps=epochs * per_epoch, batch_size=batch_size, lr=lr, optimizer="adamw",
-        schedule="cosine", min_lr_ratio=1.0, warmup_steps=warmup_steps,  # constant after
+        steps=epochs * per_epoch, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        # "constant" is the engine's cosine that decays to 100% of lr
+        schedule="cosine" if schedule == "constant" else schedule,
+        min_lr_ratio=1.0 if schedule == "constant" else min_lr_ratio, warmup_steps=warmup_steps,
         weight_decay=weight_decay, beta1=0.9, beta2=0.999, clip_norm=clip_norm,
         precision="fp32", eval_every=per_epoch, monitor="val_loss" if validating else None,
         patience=patience if validating else None, checkpoint_every=checkpoint_every * per_epoch,
@@ -176,6 +196,16 @@ def fit_sequences(model, X, lengths=None, *, tgt=None, epochs: int = 100, lr: fl
         _restore(model, saved)  # a failed or interrupted fit loses nothing
         raise
     return model
+
+
+def _batch_first(data, name: str):
+    """A time-major (T, B, D) array or tensor as (B, T, D)."""
+    ndim = data.dim() if isinstance(data, torch.Tensor) else (
+        None if isinstance(data, (list, tuple)) else np.ndim(data))
+    if ndim != 3:
+        raise ValueError(f"time_major=True needs {name} as one (T, B, D) array or tensor, got "
+                         f"{type(data).__name__} of shape {np.shape(data)}")
+    return data.transpose(0, 1) if isinstance(data, torch.Tensor) else np.swapaxes(data, 0, 1)
 
 
 def _snapshot(model) -> dict:

@@ -20,12 +20,13 @@ import random
 import string
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
-from cerebrum._util.validation import check_device
+from cerebrum._util.validation import check_device, check_finite, to_numeric_tensor
 from cerebrum.brain import classical as _classical  # noqa: F401  (registers gmm and hmm)
 from cerebrum.brain import persistence, registry
-from cerebrum.exceptions import CerebrumFileError
+from cerebrum.exceptions import CerebrumFileError, NotFittedError
 
 ID_LETTERS = 6
 
@@ -147,7 +148,13 @@ class ModelStore(nn.Module):
         if not chosen:
             raise ValueError("no models selected: the manager is empty" if data_ids is None
                              else "data_ids is an empty list")
-        return {i: fn(self._model(i), self._family(i)) for i in chosen}
+        results = {}
+        for data_id in chosen:
+            try:
+                results[data_id] = fn(self._model(data_id), self._family(data_id))
+            except NotFittedError as err:  # which of the models, when several are asked
+                raise NotFittedError(f"model {data_id!r}: {err}") from None
+        return results
 
     def get_means(self, data_ids=None):
         """Means as NumPy (see the model's `get_means` for the shape)."""
@@ -162,12 +169,22 @@ class ModelStore(nn.Module):
         return self._select(lambda m, f: m.get_weights(), data_ids)
 
     def score(self, X, data_ids=None, **kwargs):
-        """Each selected model's `score(X, **kwargs)` (a float per model)."""
-        return self._select(lambda m, f: m.score(X, **kwargs), data_ids)
+        """Each selected model's score of X (a float per model): samples (N, D) by the
+        model's own `score`; sequences ((B, T, D), a list, or `lengths=`) by the sum of their
+        log-likelihoods, from a GaussianMixture (frames independent) as from a HiddenMarkov."""
+        return self._select(lambda m, f: f.score_model(m, X, **kwargs), data_ids)
 
     def get_log_likelihoods(self, X, data_ids=None, **kwargs):
         """Per-sample (GMM) or per-sequence (HMM) log-likelihoods of X under each model."""
         return self._select(lambda m, f: f.log_likelihoods(m, X, **kwargs), data_ids)
+
+    def forward(self, *args, **kwargs):
+        """Managers hold GMMs / HMMs, which have no forward pass to reconstruct input with."""
+        held = ", ".join(sorted(set(self._families.values()))) or "no"
+        raise TypeError(
+            f"this {type(self).__name__} entry holds {held} models, which have no forward pass "
+            "(no 'reconstruction'): compare models with brain.classify(X) or score one with "
+            "brain.score(model_id, X)")
 
     # ------------------------------------------------------------------ persistence
 
@@ -298,6 +315,14 @@ class MM(ModelStore):
     @property
     def hm(self) -> nn.Module:
         return self.model
+
+    def _prepare_tensor(self, X) -> torch.Tensor:
+        """X (an array, list or tensor) as a tensor in this MM's dtype (float32 unless the
+        config says float64) on its device, checked numeric and finite (seed 000's helper)."""
+        dtype = getattr(torch, self.config.dtype)
+        tensor = to_numeric_tensor(X, name="X", dtype=dtype, device=self.device or "cpu")
+        check_finite(tensor, name="X")
+        return tensor
 
     def fit(self, X, data_id=None, **fit_kwargs):
         """Fit a fresh model on X (and `lengths=` for sequences) and store it; returns its id.

@@ -40,6 +40,9 @@ class Family:
             models of text).
         log_likelihoods: (model, X, **kw) -> NumPy, the family's per-sample or per-sequence
             log-likelihoods (the managers' `get_log_likelihoods`).
+        score: (model, X, **kw) -> float, what the managers' `score` answers; None: the
+            model's own `score(X, **kw)`. A family that scores more kinds of data than its
+            model does (a GaussianMixture asked to score sequences) says so here.
         infer_config: (data, given fields) -> fields completed from the data (n_features, ...).
         managed: True for families that Cerebrum keeps inside an MMMan (seed 000: "for gmm/hmm,
             uses a transient MMMan ... and registers that manager under model_id").
@@ -66,6 +69,7 @@ class Family:
     description: str = ""
     trains_on: str = "arrays"
     fit_parameters: tuple[str, ...] = ()
+    score: Callable[..., float] | None = None
 
     def __post_init__(self):
         if self.trains_on not in ("arrays", "text"):
@@ -117,6 +121,10 @@ class Family:
             return self.config_class(**fields)
         except TypeError as err:  # a required field is missing
             raise TypeError(f"model_type={self.name!r}: {err}") from None
+
+    def score_model(self, model: nn.Module, X, **kwargs) -> float:
+        """The managers' `score`: the family's `score` hook, or the model's own."""
+        return (self.score or type(model).score)(model, X, **kwargs)
 
     def summary(self, model: nn.Module) -> dict:
         return {name: getattr(model, name, None) for name in self.summary_attributes}

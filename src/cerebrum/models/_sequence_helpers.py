@@ -15,6 +15,22 @@ from cerebrum._util.sequences import SequenceBatch
 from cerebrum._util.validation import check_positive_int
 
 
+class SequenceFit:
+    """The seeds' `model.fit(X, ...)` for the sequence hybrids: a convenience entry to the
+    shared fit, `cerebrum.brain.hybrids.fit_sequences`, whose docstring documents every
+    setting (tgt, epochs, lr, batch_size, clip_norm, weight_decay, kl_anneal_epochs,
+    validation_split, patience, random_state, verbose, out_dir, resume, warmup_steps,
+    checkpoint_every, optimizer, schedule, min_lr_ratio, time_major)."""
+
+    def fit(self, X, lengths=None, **settings):
+        """Train on sequences X (batch-first (B, T, D), a list of (T_i, D) arrays, or (N, D)
+        with `lengths`) through the shared engine; returns self with `history_` per epoch.
+        `settings` are the keywords of `cerebrum.brain.hybrids.fit_sequences`."""
+        from cerebrum.brain.hybrids import fit_sequences  # the family glue imports models
+
+        return fit_sequences(self, X, lengths, **settings)
+
+
 def seeded_generator(random_state, device) -> torch.Generator:
     """A generator on `device` seeded by random_state (fresh entropy when None)."""
     generator = torch.Generator(device=device)

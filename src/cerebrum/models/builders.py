@@ -35,7 +35,7 @@ from torch import nn
 from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum._util.validation import check_choice, check_positive_int
 from cerebrum.mixtures import GaussianMixture, HiddenMarkov, hmm_inference
-from cerebrum.models._sequence_helpers import padded
+from cerebrum.models._sequence_helpers import SequenceFit, padded
 from cerebrum.models.vrmgt import VariationalRecurrentMarkovGaussianTransformer, VRMGTConfig
 from cerebrum.nn.coders import (
     LOGVAR_RANGE,
@@ -145,7 +145,7 @@ class _MDN(nn.Module):
         return self.decoder(self.encoder(previous)).log_prob(x)  # (B, T)
 
 
-class MMModel(nn.Module):
+class MMModel(SequenceFit, nn.Module):
     """One of seed 001's model variants from an `MMModelConfig` (or keywords), behind one
     interface: `loss(x, lengths)` (to minimise, per frame), `log_likelihoods(X)` (nats per
     sequence: exact, or an importance-weighted lower bound for "vae" and "vrmgt"), `score`,
@@ -245,25 +245,6 @@ class MMModel(nn.Module):
     def score(self, X, lengths=None, **kwargs) -> float:
         """Sum over sequences of `log_likelihoods`."""
         return float(self.log_likelihoods(X, lengths, **kwargs).sum())
-
-    def fit(self, X, lengths=None, *, epochs: int = 100, lr: float = 1e-3,
-            batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
-            kl_anneal_epochs: int = 0, validation_split: float = 0.1,
-            patience: int | None = 10, random_state=None, verbose: bool = False,
-            out_dir=None, resume: bool = False, warmup_steps: int = 0,
-            checkpoint_every: int = 10):
-        """Gradient training of whichever variant was built; returns self, `history_` per
-        epoch. The fit lives in the family glue, `cerebrum.brain.hybrids.fit_sequences` (the
-        shared training engine; its docstring documents every keyword); this method is seed
-        001's convenience entry to it."""
-        from cerebrum.brain.hybrids import fit_sequences
-
-        return fit_sequences(
-            self, X, lengths, epochs=epochs, lr=lr, batch_size=batch_size,
-            clip_norm=clip_norm, weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
-            validation_split=validation_split, patience=patience, random_state=random_state,
-            verbose=verbose, out_dir=out_dir, resume=resume, warmup_steps=warmup_steps,
-            checkpoint_every=checkpoint_every)
 
     def training_batch(self, X, lengths=None, tgt=None) -> SequenceBatch:
         """The training sequences, checked (no targets: every variant models its input)."""

@@ -17,7 +17,12 @@ context sequence, refined blockwise by TinyDiffusion blocks; several token draft
 top-p from an autoregressive decoder (`auto_decoder` + `to_vocab`) conditioned on the plan;
 each scored by a DraftScorer; the best one refined; an entropy penalty on its logits.
 
-Layout follows the seed: time-major sequences (T, B, D); a single step is (B, D).
+Layout: every public verb takes batch-first sequences (B, T, D), the layout of the seeds' data
+tables (`[batch, seq_len, input_dim]`) and of `fit`, `score` and `classify`; a single step is
+(B, D). Seed 000's own description of `forward` is time-major, (T, B, D): pass
+`time_major=True` to any verb to use that layout instead (inputs and outputs alike). Inside,
+the model works time-major (its recurrences run along the first axis).
+
 Shapes: T steps, B batch, D = input_dim, Z = z_dim, S = num_states, M = n_mix,
 O = output_dim, V = vocab_size, L = draft_len, P = plan steps.
 """
@@ -36,6 +41,7 @@ from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum._util.validation import check_positive_int
 from cerebrum.mixtures import hmm_inference
 from cerebrum.models._sequence_helpers import (
+    SequenceFit,
     importance_weighted_bound,
     normalise_positive_ints,
     padded,
@@ -55,11 +61,20 @@ from cerebrum.nn.transformer import TimeSeriesTransformer, check_heads
 #: The HMM log-likelihood is clamped to this range in the loss (seed 000: no infinities).
 HMM_LOGLIK_RANGE = (-1e6, 1e6)
 TASKS = ("pred", "recog", "gen", "reg")
+#: The regression path's default vocabulary: bytes (seed 000 calls `regression` without one).
+DEFAULT_VOCAB_SIZE = 256
+#: forward's outputs with a time axis (first when time-major, second when batch-first)
+_TIMED_OUTPUTS = ("zs", "mu", "logvar", "reconstruction", "emissions", "transitions",
+                  "transformer_output")
 
 
 @dataclass(frozen=True, kw_only=True)
 class MMTConfig:
-    """Architecture of a MultiMixtureTransformer (seed 000's argument names)."""
+    """Architecture of a MultiMixtureTransformer (seed 000's argument names).
+
+    `vocab_size` is the token vocabulary of the regression (drafting) path; it defaults to 256
+    (bytes), because seed 000 calls `regression` on a model built without one; None builds
+    the model without that path."""
 
     input_dim: int
     hidden_dim: int = 64
@@ -71,7 +86,7 @@ class MMTConfig:
     trans_nhead: int = 4
     trans_layers: int = 1
     output_dim: int | None = None
-    vocab_size: int | None = None
+    vocab_size: int | None = DEFAULT_VOCAB_SIZE
     draft_len: int = 8
     n_drafts: int = 4
     n_blocks: int = 2
@@ -111,7 +126,7 @@ def top_p_sample(logits: torch.Tensor, top_p: float, generator=None) -> torch.Te
     return order.gather(-1, pick).squeeze(-1)
 
 
-class MultiMixtureTransformer(nn.Module):
+class MultiMixtureTransformer(SequenceFit, nn.Module):
     """Seed 000's hybrid (see the module docstring). Build from an `MMTConfig` or keywords."""
 
     def __init__(self, config: MMTConfig | None = None, **kwargs):
@@ -151,29 +166,66 @@ class MultiMixtureTransformer(nn.Module):
         """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
         return reparameterize(mu, logvar, generator)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _layout(self, time_major: bool) -> str:
+        D = self.config.input_dim
+        return (f"(T, B, input_dim={D}) time-major (as asked by time_major=True)" if time_major
+                else f"(B, T, input_dim={D}) batch-first (or (T, B, input_dim) with "
+                     f"time_major=True)")
+
+    def _check_input(self, x: torch.Tensor, name: str = "x", time_major: bool = False) -> None:
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-        if x.dim() not in (2, 3):
-            raise ValueError(f"x must be (T, B, input_dim) or (B, input_dim), got shape "
+            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+        if x.dim() not in (2, 3) or x.shape[-1] != self.config.input_dim:
+            raise ValueError(f"{name} must be {self._layout(time_major)} or one step "
+                             f"(B, input_dim={self.config.input_dim}); got shape "
                              f"{tuple(x.shape)}")
-        if x.shape[-1] != self.config.input_dim:
-            raise ValueError(f"x has {x.shape[-1]} features, but this model was built with "
-                             f"input_dim={self.config.input_dim}")
+        if x.dtype != self.pred_weights.dtype:
+            raise TypeError(f"{name} must be {self.pred_weights.dtype} like the model's "
+                            f"parameters, got {x.dtype}")
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or infinity")
+            raise ValueError(f"{name} contains NaN or infinity")
+
+    @staticmethod
+    def _time_major(x: torch.Tensor | None, time_major: bool) -> torch.Tensor | None:
+        """A sequence (B, T, .) in the model's inner layout (T, B, .); one step (B, D) and
+        tensors already time-major pass through."""
+        if x is None or time_major or x.dim() != 3:
+            return x
+        return x.transpose(0, 1)
+
+    @staticmethod
+    def _outputs_in(outputs: dict, time_major: bool) -> dict:
+        """forward's outputs moved between the inner time-major layout and batch-first."""
+        if time_major:
+            return outputs
+        return {key: value.transpose(0, 1) if key in _TIMED_OUTPUTS and value.dim() >= 3
+                else value for key, value in outputs.items()}
 
     def forward(self, x: torch.Tensor, tgt: torch.Tensor | None = None,
-                lengths: torch.Tensor | None = None, generator=None) -> dict:
-        """All intermediates for x (T, B, D) (or one step (B, D), taken as T = 1).
+                lengths: torch.Tensor | None = None, generator=None, *,
+                time_major: bool = False) -> dict:
+        """All intermediates for x (B, T, D) (or one step (B, D), taken as T = 1).
 
-        Returns a dict: zs (T, B, Z) sampled latents, mu / logvar (T, B, Z), reconstruction
-        (x's shape), emissions (T, B, S) log-densities of each z_t under each state given the
-        past, transitions (T, B, S, S), start (B, S), hmm_log_likelihood (B,), and, when tgt
-        (T', B, O) is given, transformer_output (T', B, O) (teacher forced: step t sees tgt
-        before t and every latent).
+        Returns a dict: zs (B, T, Z) sampled latents, mu / logvar (B, T, Z), reconstruction
+        (x's shape: the decoder's mean at the sampled latents, E[x_t | z_t]), emissions
+        (B, T, S) log-densities of each z_t under each state given the past, transitions
+        (B, T, S, S), start (B, S), hmm_log_likelihood (B,), lengths (B,), and, when tgt
+        (B, T', O) is given, transformer_output (B, T', O) (teacher forced: step t sees tgt
+        before t and every latent). With `time_major=True`, x (T, B, D), tgt (T', B, O) and
+        the outputs are time-major (seed 000's layout).
         """
-        self._check_input(x)
+        self._check_input(x, time_major=time_major)
+        if tgt is not None and (not isinstance(tgt, torch.Tensor) or tgt.dim() != 3):
+            raise ValueError(f"tgt must be a 3-D tensor {'(T' if time_major else '(B, T'}', "
+                             f"..., output_dim={self.config.output_dim}), got "
+                             f"{getattr(tgt, 'shape', type(tgt).__name__)}")
+        outputs = self._forward(self._time_major(x, time_major),
+                                self._time_major(tgt, time_major), lengths, generator)
+        return self._outputs_in(outputs, time_major)
+
+    def _forward(self, x: torch.Tensor, tgt: torch.Tensor | None,
+                 lengths: torch.Tensor | None, generator=None) -> dict:
+        """forward in the inner layout: x (T, B, D) or (B, D), tgt (T', B, O)."""
         single = x.dim() == 2
         seq = x.unsqueeze(0) if single else x
         T, B, _ = seq.shape
@@ -191,9 +243,10 @@ class MultiMixtureTransformer(nn.Module):
                "transitions": markov.transitions.transpose(0, 1), "start": markov.start,
                "hmm_log_likelihood": hmm_ll, "lengths": lengths}
         if tgt is not None:
-            if tgt.dim() != 3 or tgt.shape[1] != B or tgt.shape[2] != self.config.output_dim:
-                raise ValueError(f"tgt must be (T', {B}, output_dim={self.config.output_dim}),"
-                                 f" got shape {tuple(tgt.shape)}")
+            if tgt.shape[1] != B or tgt.shape[2] != self.config.output_dim:
+                raise ValueError(f"tgt must hold {B} sequences of output_dim="
+                                 f"{self.config.output_dim} features in x's layout, got "
+                                 f"shape {tuple(tgt.transpose(0, 1).shape)} batch-first")
             shifted = torch.cat([torch.zeros_like(tgt[:1]), tgt[:-1]], 0)
             out["transformer_output"] = self.transformer(
                 zs.transpose(0, 1), shifted.transpose(0, 1), src_lengths=lengths
@@ -201,10 +254,17 @@ class MultiMixtureTransformer(nn.Module):
         return out
 
     def loss(self, x: torch.Tensor, outputs: dict, tgt: torch.Tensor | None = None,
-             kl_weight: float = 1.0) -> torch.Tensor:
+             kl_weight: float = 1.0, *, time_major: bool = False) -> torch.Tensor:
         """Seed 000's objective per valid step: reconstruction MSE + kl_weight * KL(q || N(0,
         I)) + the negative HMM log-likelihood of the latent path (clamped), plus the MSE of
-        the transformer output to tgt when both are there."""
+        the transformer output to tgt when both are there. x, outputs (forward's) and tgt in
+        one layout: batch-first, or time-major with `time_major=True`."""
+        return self._loss(self._time_major(x, time_major),
+                          self._outputs_in(outputs, time_major),
+                          self._time_major(tgt, time_major), kl_weight)
+
+    def _loss(self, x, outputs, tgt, kl_weight) -> torch.Tensor:
+        """loss in the inner layout (x (T, B, D) or (B, D), outputs time-major)."""
         seq = x.unsqueeze(0) if x.dim() == 2 else x
         recon = outputs["reconstruction"]
         recon = recon.unsqueeze(0) if recon.dim() == 2 else recon
@@ -244,12 +304,13 @@ class MultiMixtureTransformer(nn.Module):
 
     def training_step(self, x: torch.Tensor, optimizer: torch.optim.Optimizer, *,
                       tgt=None, lengths=None, kl_weight: float = 1.0,
-                      clip_norm: float | None = None, generator=None) -> float:
-        """One update: forward, loss + rule losses, backward, optional clipping, step.
-        Returns the loss as a float."""
+                      clip_norm: float | None = None, generator=None,
+                      time_major: bool = False) -> float:
+        """One update on x (B, T, D) (time-major with `time_major=True`): forward, loss + rule
+        losses, backward, optional clipping, step. Returns the loss as a float."""
         self.train()
-        outputs = self(x, tgt, lengths, generator)
-        loss = self.loss(x, outputs, tgt, kl_weight) + self.rule_loss()
+        outputs = self(x, tgt, lengths, generator, time_major=time_major)
+        loss = self.loss(x, outputs, tgt, kl_weight, time_major=time_major) + self.rule_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
@@ -268,12 +329,12 @@ class MultiMixtureTransformer(nn.Module):
 
     def training_loss(self, x, lengths, kl_weight, generator=None) -> torch.Tensor:
         seq, tgt = self._split_targets(x)
-        outputs = self(seq, tgt, lengths, generator)
-        return self.loss(seq, outputs, tgt, kl_weight) + self.rule_loss()
+        outputs = self._forward(seq, tgt, lengths, generator)
+        return self._loss(seq, outputs, tgt, kl_weight) + self.rule_loss()
 
     def validation_loss(self, x, lengths, generator=None) -> torch.Tensor:
         seq, tgt = self._split_targets(x)
-        return self.loss(seq, self(seq, tgt, lengths, generator), tgt, 1.0)
+        return self._loss(seq, self._forward(seq, tgt, lengths, generator), tgt, 1.0)
 
     # ------------------------------------------------------------------ inference
 
@@ -289,12 +350,13 @@ class MultiMixtureTransformer(nn.Module):
         return state[:, -1], filtered
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """One-step lookahead: x (B, D) or a context (T, B, D) -> the predicted next x (B, D).
+    def predict(self, x: torch.Tensor, *, time_major: bool = False) -> torch.Tensor:
+        """One-step lookahead: x (B, D) or a context (B, T, D) -> the predicted next x (B, D).
 
         The RNN-HMM's expected next latent (states propagated one step, each state's mixture
         mean) replaces the current latent per dimension in proportion to pred_weights."""
-        self._check_input(x)
+        self._check_input(x, time_major=time_major)
+        x = self._time_major(x, time_major)
         seq = x.unsqueeze(0) if x.dim() == 2 else x
         mu, _ = self.encoder(seq)
         last_state, filtered = self._filtered_states(mu)
@@ -307,12 +369,17 @@ class MultiMixtureTransformer(nn.Module):
         weight = self.pred_weights.clamp(0, 1)
         return self.decoder(weight * expected + (1 - weight) * mu[-1])
 
-    def recognize(self, x: torch.Tensor, tgt_z: torch.Tensor) -> torch.Tensor:
-        """Cross-attend the latents of x to a target and decode: x (B, D) or (T, B, D);
-        tgt_z (..., Z) a target latent, or (..., D) a target observation (encoded first).
-        Returns a reconstruction shaped like x, pulled toward the target per recog_weights
-        (differentiable, so recognition can be trained toward targets)."""
-        self._check_input(x)
+    def recognize(self, x: torch.Tensor, tgt_z: torch.Tensor, *,
+                  time_major: bool = False) -> torch.Tensor:
+        """Cross-attend the latents of x to a target and decode: x (B, D) or (B, T, D);
+        tgt_z a target latent, (B, Z) or a path (B, T', Z), or a target observation with D
+        features in place of Z (encoded first). Returns a reconstruction shaped like x,
+        pulled toward the target per recog_weights (differentiable, so recognition can be
+        trained toward targets). `time_major=True`: x and a target path are (T, B, .)."""
+        self._check_input(x, time_major=time_major)
+        if not isinstance(tgt_z, torch.Tensor):
+            raise TypeError(f"tgt_z must be a tensor, got {type(tgt_z).__name__}")
+        x, tgt_z = self._time_major(x, time_major), self._time_major(tgt_z, time_major)
         seq = x.unsqueeze(0) if x.dim() == 2 else x
         mu, _ = self.encoder(seq)  # (T, B, Z)
         target = tgt_z.to(mu.dtype)
@@ -327,14 +394,18 @@ class MultiMixtureTransformer(nn.Module):
                                            target.transpose(0, 1))
         z = mu + self.recog_weights * attended.transpose(0, 1)
         out = self.decoder(z)
-        return out[0] if x.dim() == 2 else out
+        return out[0] if x.dim() == 2 else self._time_major(out, time_major)
 
     @torch.no_grad()
-    def generate(self, num_steps: int, batch_size: int = 1, generator=None) -> torch.Tensor:
-        """Sample num_steps observations for batch_size sequences: a start state from the
-        HMM, then per step a component of the state's mixture, a latent (noise scaled by
-        gen_weights), its decoding, and the next state from the transitions.
-        Returns (num_steps, batch_size, D)."""
+    def generate(self, num_steps: int, batch_size: int = 1, generator=None, *,
+                 mean_only: bool = False, time_major: bool = False) -> torch.Tensor:
+        """Sample num_steps observations for batch_size sequences from the model's generative
+        distribution: a start state from the HMM, then per step a component of the state's
+        mixture, a latent (its noise scaled by gen_weights), an observation
+        x_t ~ N(decoder(z_t), exp(recon_logvar)) (the observation noise `fit` calibrated;
+        `mean_only=True` returns decoder(z_t) instead), and the next state from the
+        transitions. Returns (batch_size, num_steps, D) ((num_steps, batch_size, D) with
+        `time_major=True`)."""
         check_positive_int(num_steps, name="num_steps")
         check_positive_int(batch_size, name="batch_size")
         p = self.pred_weights
@@ -352,25 +423,30 @@ class MultiMixtureTransformer(nn.Module):
             std = torch.exp(0.5 * mixture.logvar[rows, state, component])
             eps = torch.randn(mean.shape, generator=generator, device=p.device, dtype=p.dtype)
             z = mean + self.gen_weights * std * eps
-            out.append(self.decoder(z))
+            x = self.decoder(z)
+            if not mean_only:
+                noise = torch.randn(x.shape, generator=generator, device=p.device, dtype=p.dtype)
+                x = x + torch.exp(0.5 * self.recon_logvar) * noise
+            out.append(x)
             h, hidden = self.rnn.step(z, hidden)
             transitions = torch.softmax(self.rnn.to_transitions(h).view(
                 batch_size, self.config.num_states, self.config.num_states), -1)
             state = torch.multinomial(transitions[rows, state], 1, generator=generator)[:, 0]
-        return torch.stack(out)
+        return torch.stack(out, 0 if time_major else 1)
 
     # ------------------------------------------------------------------ regression / drafting
 
     def _require_vocab(self) -> None:
         if self.config.vocab_size is None:
-            raise ValueError("regression needs a token vocabulary: build the model with "
-                             "vocab_size=...")
+            raise ValueError("regression needs a token vocabulary: this model was built with "
+                             "vocab_size=None; build it with vocab_size=... (default 256)")
 
-    def _plan(self, context_sequence: torch.Tensor) -> torch.Tensor:
+    def _plan(self, context_sequence: torch.Tensor, time_major: bool) -> torch.Tensor:
         """The latent plan (B, P, Z): encoder means, refined block by block, each block of
         steps by its own TinyDiffusion denoiser."""
-        self._check_input(context_sequence)
-        seq = context_sequence.unsqueeze(0) if context_sequence.dim() == 2 else context_sequence
+        self._check_input(context_sequence, "context_sequence", time_major)
+        context = self._time_major(context_sequence, time_major)
+        seq = context.unsqueeze(0) if context.dim() == 2 else context
         plan = self.encoder(seq)[0].transpose(0, 1)  # (B, P, Z)
         blocks = plan.tensor_split(min(self.config.n_blocks, plan.shape[1]), dim=1)
         return torch.cat([self.diffusion[i](block) for i, block in enumerate(blocks)], 1)
@@ -396,13 +472,15 @@ class MultiMixtureTransformer(nn.Module):
             drafts.append(token)
         return torch.cat(drafts, 1).view(B, n_drafts, L)
 
-    def regression(self, context_sequence: torch.Tensor, generator=None):
-        """CoRe²-style drafting from a context (T, B, D) (or (B, D)).
+    def regression(self, context_sequence: torch.Tensor, generator=None, *,
+                   time_major: bool = False):
+        """CoRe²-style drafting from a context (B, T, D) (or one step (B, D); (T, B, D) with
+        `time_major=True`).
 
         Returns (logits (B, L, V) of the best draft, refined under teacher forcing;
         entropy_penalty, a scalar: the mean entropy of those logits' distributions)."""
         self._require_vocab()
-        plan = self._plan(context_sequence)
+        plan = self._plan(context_sequence, time_major)
         with torch.no_grad():
             drafts = self._sample_drafts(plan, self.config.n_drafts, generator)  # (B, n, L)
             B, n, L = drafts.shape
@@ -414,17 +492,22 @@ class MultiMixtureTransformer(nn.Module):
         return logits, self._entropy(logits)
 
     def regression_loss(self, context_sequence: torch.Tensor, target_tokens: torch.Tensor,
-                        entropy_weight: float = 0.01) -> torch.Tensor:
-        """Teacher-forced cross-entropy of target_tokens (B, L) given the plan of the context,
-        plus the DraftScorer's NLL of the targets (so the scorer learns to rank drafts) and
-        entropy_weight times the entropy penalty. A scalar."""
+                        entropy_weight: float = 0.01, *,
+                        time_major: bool = False) -> torch.Tensor:
+        """Teacher-forced cross-entropy of target_tokens (B, L) given the plan of the context
+        (laid out as for `regression`), plus the DraftScorer's NLL of the targets (so the
+        scorer learns to rank drafts) and entropy_weight times the entropy penalty. A
+        scalar."""
         self._require_vocab()
+        if not isinstance(target_tokens, torch.Tensor):
+            raise TypeError(f"target_tokens must be a (B, L) int64 tensor, got "
+                            f"{type(target_tokens).__name__}")
         if target_tokens.dim() != 2 or target_tokens.dtype != torch.long:
             raise ValueError(f"target_tokens must be (B, L) int64, got {tuple(target_tokens.shape)}"
                              f" {target_tokens.dtype}")
         if bool((target_tokens < 0).any() | (target_tokens >= self.config.vocab_size).any()):
             raise ValueError(f"target_tokens must lie in [0, {self.config.vocab_size})")
-        plan = self._plan(context_sequence)
+        plan = self._plan(context_sequence, time_major)
         B = target_tokens.shape[0]
         start = torch.full((B, 1), self.config.vocab_size, device=target_tokens.device,
                            dtype=torch.long)
@@ -447,29 +530,10 @@ class MultiMixtureTransformer(nn.Module):
                                  dtype=param.dtype, device=param.device,
                                  owner=f"this {type(self).__name__}")
 
-    def fit(self, X, lengths=None, *, tgt=None, epochs: int = 100, lr: float = 1e-3,
-            batch_size: int = 32, clip_norm: float = 5.0, weight_decay: float = 0.0,
-            kl_anneal_epochs: int = 0, validation_split: float = 0.1,
-            patience: int | None = 10, random_state=None, verbose: bool = False,
-            out_dir=None, resume: bool = False, warmup_steps: int = 0,
-            checkpoint_every: int = 10):
-        """Train on sequences (any form HiddenMarkov takes, batch-first) with seed 000's loss
-        and rules; then set the reconstruction noise to its maximum-likelihood value so that
-        `log_likelihoods` scores a proper density. With `tgt`, a (B, T, output_dim) target
-        per input step, the transformer is trained too (teacher forced, MSE). Returns self;
-        `history_` per epoch. `out_dir` / `resume`: checkpoints, metrics log, exact resume.
-
-        The fit lives in the family glue, `cerebrum.brain.hybrids.fit_sequences` (the shared
-        training engine; its docstring documents every keyword); this method is seed 000's
-        convenience entry to it."""
-        from cerebrum.brain.hybrids import fit_sequences
-
-        return fit_sequences(
-            self, X, lengths, tgt=tgt, epochs=epochs, lr=lr, batch_size=batch_size,
-            clip_norm=clip_norm, weight_decay=weight_decay, kl_anneal_epochs=kl_anneal_epochs,
-            validation_split=validation_split, patience=patience, random_state=random_state,
-            verbose=verbose, out_dir=out_dir, resume=resume, warmup_steps=warmup_steps,
-            checkpoint_every=checkpoint_every)
+    # fit: SequenceFit's, the shared engine with seed 000's loss and rules; after training,
+    # `after_fit` sets the reconstruction noise to its maximum-likelihood value so that
+    # `log_likelihoods` scores a proper density. With tgt (B, T, output_dim), one target per
+    # input step, the transformer is trained toward it too (teacher forced, MSE).
 
     def training_batch(self, X, lengths=None, tgt=None) -> SequenceBatch:
         """The training sequences, checked, with their targets alongside when `tgt` is given
