@@ -12,6 +12,21 @@ sequence to a target sequence when one is given. Per-dimension weight vectors st
     reg_weights    (Z,)  how strongly each latent dimension of the plan informs drafting
 `add_rule` adds a squared-error penalty that pulls the mean of one of these toward a target.
 
+Two training objectives (`objective`):
+    "elbo" (default)  the evidence lower bound of the generative model the other verbs use,
+                      p(z) = the RNN-HMM over latent paths, p(x_t | z_t) = N(decoder(z_t),
+                      sigma^2) with sigma^2 per feature learned:
+                      -log p(x | z) + kl_weight * (log q(z | x) - log p_RNN-HMM(z)),
+                      one latent sample per step; what `log_likelihoods` bounds and
+                      `generate` samples is what was trained;
+    "seed"            seed 000's loss as written: reconstruction MSE + kl_weight *
+                      KL(q || N(0, I)) + the negative RNN-HMM log-likelihood of the latent path
+                      (clamped); sigma^2 is set after fitting to the mean squared error. It
+                      counts the latent prior twice (N(0, I) and the RNN-HMM) and weighs
+                      reconstruction as Gaussian noise of variance 1/2 per feature, so on data
+                      whose structure lies below that scale the latents collapse and the model
+                      learns no dynamics (measured in docs/hybrids.md).
+
 With `vocab_size` set, the regression (drafting) path of seed 000 exists: a latent plan from a
 context sequence, refined blockwise by TinyDiffusion blocks; several token drafts sampled with
 top-p from an autoregressive decoder (`auto_decoder` + `to_vocab`) conditioned on the plan;
@@ -63,6 +78,8 @@ HMM_LOGLIK_RANGE = (-1e6, 1e6)
 TASKS = ("pred", "recog", "gen", "reg")
 #: The regression path's default vocabulary: bytes (seed 000 calls `regression` without one).
 DEFAULT_VOCAB_SIZE = 256
+#: the training objectives (see the module docstring)
+OBJECTIVES = ("elbo", "seed")
 #: forward's outputs with a time axis (first when time-major, second when batch-first)
 _TIMED_OUTPUTS = ("zs", "mu", "logvar", "reconstruction", "emissions", "transitions",
                   "transformer_output")
@@ -92,12 +109,16 @@ class MMTConfig:
     n_blocks: int = 2
     top_p: float = 0.9
     min_variance: float = 1e-6
+    objective: str = "elbo"
     dtype: str = "float32"
 
     def __post_init__(self):
         normalise_positive_ints(self, (
             "input_dim", "hidden_dim", "z_dim", "rnn_hidden", "num_states", "n_mix",
             "trans_d_model", "trans_nhead", "trans_layers", "draft_len", "n_drafts", "n_blocks"))
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got "
+                             f"{self.objective!r}")
         check_heads(self.trans_d_model, self.trans_nhead)
         output_dim = self.input_dim if self.output_dim is None else self.output_dim
         object.__setattr__(self, "output_dim", check_positive_int(output_dim,
@@ -144,9 +165,10 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
         self.gen_weights = nn.Parameter(torch.ones(Z))
         self.reg_weights = nn.Parameter(torch.ones(Z))
         self.recog_attention = nn.MultiheadAttention(Z, 1, batch_first=True)
-        # log-variance of the reconstruction noise per feature, set after fitting (the MLE
-        # given the decoder): turns the MSE-trained decoder into p(x | z) for scoring
-        self.register_buffer("recon_logvar", torch.zeros(D))
+        # log-variance of the observation noise per feature, p(x_t | z_t) = N(decoder(z_t),
+        # exp(recon_logvar)): learned with the "elbo" objective; with "seed" (MSE) set after
+        # fitting to its maximum-likelihood value given the decoder
+        self.recon_logvar = nn.Parameter(torch.zeros(D))
         self.rules: dict[str, tuple[str, float, float]] = {}
         if c.vocab_size is not None:
             V = c.vocab_size
@@ -263,8 +285,13 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
                           self._outputs_in(outputs, time_major),
                           self._time_major(tgt, time_major), kl_weight)
 
+    def noise_logvar(self) -> torch.Tensor:
+        """The observation noise's log-variance per feature (D,), floored at min_variance."""
+        return self.recon_logvar.clamp_min(math.log(self.config.min_variance))
+
     def _loss(self, x, outputs, tgt, kl_weight) -> torch.Tensor:
-        """loss in the inner layout (x (T, B, D) or (B, D), outputs time-major)."""
+        """loss in the inner layout (x (T, B, D) or (B, D), outputs time-major), per valid
+        step, for the model's objective."""
         seq = x.unsqueeze(0) if x.dim() == 2 else x
         recon = outputs["reconstruction"]
         recon = recon.unsqueeze(0) if recon.dim() == 2 else recon
@@ -272,10 +299,16 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
         mask = hmm_inference.valid_mask(outputs["lengths"], T).T.to(seq.dtype)  # (T, B)
         n_valid = mask.sum()
         logvar = outputs["logvar"].clamp(*LOGVAR_RANGE)
-        mse = (((recon - seq) ** 2).mean(-1) * mask).sum() / n_valid
-        kl = (gaussian_kl(outputs["mu"], logvar) * mask).sum() / n_valid
         hmm_nll = -outputs["hmm_log_likelihood"].clamp(*HMM_LOGLIK_RANGE).sum() / n_valid
-        total = mse + kl_weight * kl + hmm_nll
+        if self.config.objective == "elbo":
+            log_px = gaussian_log_prob(seq, recon, self.noise_logvar())  # (T, B)
+            log_q = gaussian_log_prob(outputs["zs"], outputs["mu"], logvar)
+            nll = -(log_px * mask).sum() / n_valid
+            total = nll + kl_weight * ((log_q * mask).sum() / n_valid + hmm_nll)
+        else:  # seed 000 as written
+            mse = (((recon - seq) ** 2).mean(-1) * mask).sum() / n_valid
+            kl = (gaussian_kl(outputs["mu"], logvar) * mask).sum() / n_valid
+            total = mse + kl_weight * kl + hmm_nll
         if tgt is not None and "transformer_output" in outputs:
             total = total + F.mse_loss(outputs["transformer_output"], tgt)
         return total
@@ -402,7 +435,7 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
         """Sample num_steps observations for batch_size sequences from the model's generative
         distribution: a start state from the HMM, then per step a component of the state's
         mixture, a latent (its noise scaled by gen_weights), an observation
-        x_t ~ N(decoder(z_t), exp(recon_logvar)) (the observation noise `fit` calibrated;
+        x_t ~ N(decoder(z_t), exp(recon_logvar)) (the observation noise `fit` learned;
         `mean_only=True` returns decoder(z_t) instead), and the next state from the
         transitions. Returns (batch_size, num_steps, D) ((num_steps, batch_size, D) with
         `time_major=True`)."""
@@ -426,7 +459,7 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
             x = self.decoder(z)
             if not mean_only:
                 noise = torch.randn(x.shape, generator=generator, device=p.device, dtype=p.dtype)
-                x = x + torch.exp(0.5 * self.recon_logvar) * noise
+                x = x + torch.exp(0.5 * self.noise_logvar()) * noise
             out.append(x)
             h, hidden = self.rnn.step(z, hidden)
             transitions = torch.softmax(self.rnn.to_transitions(h).view(
@@ -530,9 +563,9 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
                                  dtype=param.dtype, device=param.device,
                                  owner=f"this {type(self).__name__}")
 
-    # fit: SequenceFit's, the shared engine with seed 000's loss and rules; after training,
-    # `after_fit` sets the reconstruction noise to its maximum-likelihood value so that
-    # `log_likelihoods` scores a proper density. With tgt (B, T, output_dim), one target per
+    # fit: SequenceFit's, the shared engine with the objective's loss and the rules; after
+    # training with the "seed" objective, `after_fit` sets the observation noise to its
+    # maximum-likelihood value so that `log_likelihoods` scores a proper density. With tgt (B, T, output_dim), one target per
     # input step, the transformer is trained toward it too (teacher forced, MSE).
 
     def training_batch(self, X, lengths=None, tgt=None) -> SequenceBatch:
@@ -542,10 +575,12 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
         return batch if tgt is None else self._with_targets(batch, tgt)
 
     def after_fit(self, batch: SequenceBatch) -> None:
-        """After training: the reconstruction noise from the training sequences (without
-        their targets), see `_calibrate_noise`."""
-        self._calibrate_noise(SequenceBatch(batch.X[:, :self.config.input_dim],
-                                            batch.lengths))
+        """After training with the "seed" objective (MSE, which has no noise scale): the
+        observation noise from the training sequences (without their targets), see
+        `_calibrate_noise`. The "elbo" objective learned it."""
+        if self.config.objective == "seed":
+            self._calibrate_noise(SequenceBatch(batch.X[:, :self.config.input_dim],
+                                                batch.lengths))
 
     def _with_targets(self, batch: SequenceBatch, tgt) -> SequenceBatch:
         """The frames of X with their targets alongside, (N, D + O)."""
@@ -583,7 +618,8 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
             mu, logvar = self.encoder(xs)
             z = self.reparameterize(mu, logvar, generator)
             mask = hmm_inference.valid_mask(lens.repeat(k), T).T.to(x.dtype)
-            log_px = (gaussian_log_prob(xs, self.decoder(z), self.recon_logvar) * mask).sum(0)
+            log_px = (gaussian_log_prob(xs, self.decoder(z), self.noise_logvar())
+                      * mask).sum(0)
             log_q = (gaussian_log_prob(z, mu, logvar) * mask).sum(0)
             markov = self.rnn(z.transpose(0, 1))
             _, log_pz = hmm_inference.forward(markov.start, markov.transitions,
