@@ -37,6 +37,12 @@ def test_transformers_loads_the_export_and_generates_the_same_tokens(tmp_path, o
                          attention_mask=torch.ones_like(ids))
     assert torch.equal(theirs, ours)
     assert len(set(ours[0, ids.shape[1]:].tolist())) > 1
+    # the exported tokenizer gives the prompt's ids (<bos> first) and decodes the output
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "export",
+                                                           trust_remote_code=True)
+    assert tokenizer("def main(")["input_ids"] == ids[0].tolist()
+    assert tokenizer.decode(theirs[0], skip_special_tokens=True) == model.tokenizer.decode(
+        ours[0].tolist())
 
 
 def test_export_hf_command_and_errors(tmp_path, capsys):

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 LOAD = """
 import json, sys, torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 path, subfolder, ids = sys.argv[1], sys.argv[2] or None, json.loads(sys.argv[3])
 kwargs = {"subfolder": subfolder} if subfolder else {}
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, **kwargs)
@@ -25,7 +25,15 @@ model.generation_config.eos_token_id = None
 ids = torch.tensor([ids])
 out = model.generate(ids, max_new_tokens=16, do_sample=False,
                      attention_mask=torch.ones_like(ids))
-print(json.dumps({"tokens": out[0].tolist(), "logits": model(ids).logits[0, -1].tolist()}))
+# the seed's snippet: the tokenizer from the repository root, no remote code (in a flat
+# directory Transformers reads the model's custom config first: trust_remote_code says yes)
+tokenizer = AutoTokenizer.from_pretrained(path, **({} if subfolder else
+                                                   {"trust_remote_code": True}))
+inputs = tokenizer("def main(", return_tensors="pt")
+seed_out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+print(json.dumps({"tokens": out[0].tolist(), "logits": model(ids).logits[0, -1].tolist(),
+                  "seed_tokens": seed_out[0].tolist(),
+                  "text": tokenizer.decode(seed_out[0], skip_special_tokens=True)}))
 """
 
 
@@ -61,6 +69,8 @@ def test_transformers_loads_the_export_and_generates_the_same_tokens(tmp_path):
                             (tmp_path / "repo", "model_5")):
         theirs = load_elsewhere(path, subfolder, ids)
         assert theirs["tokens"] == ours
+        assert theirs["seed_tokens"] == ours  # AutoTokenizer + generate(**inputs)
+        assert theirs["text"] == model.tokenizer.decode(ours)
         # float32 logits computed by another process: equal to 1e-4 of their scale
         expected = model.token_logits(torch.tensor([ids]))[0, -1]
         torch.testing.assert_close(torch.tensor(theirs["logits"]), expected,

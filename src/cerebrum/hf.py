@@ -12,6 +12,12 @@ directory that
                                     Cerebrum installed)
     model.safetensors               the weights
     cerebrum_tokenizer.json         the tokenizer (Cerebrum's format; ids are what generate takes)
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json
+                                    the same tokenizer for `AutoTokenizer.from_pretrained(dir)`
+                                    (a PreTrainedTokenizerFast, no remote code): the same ids,
+                                    <bos> first as Cerebrum's generate prompts; not written for
+                                    a BPE saved before the standard byte-level scheme (a
+                                    warning says so)
 The exported model computes the same logits as Cerebrum's, so `generate()` with greedy
 decoding produces the same tokens (tested). It recomputes the whole prefix at each step (no
 key/value cache in the exported wrapper).
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -156,8 +163,29 @@ def _export_gpt(model, directory: Path) -> Path:
     weights = {f"model.{k}": v.detach().cpu().clone()
                for k, v in model.gpt.state_dict().items() if k != "head.weight"}
     save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    (directory / "cerebrum_tokenizer.json").write_text(json.dumps(tokenizer.to_dict()))
+    write_tokenizer(tokenizer, directory, max_length=c.block_size)
     return directory
+
+
+def write_tokenizer(tokenizer, directory: Path, *, max_length: int | None = None) -> None:
+    """The tokenizer files of an exported directory (module docstring)."""
+    (directory / "cerebrum_tokenizer.json").write_text(json.dumps(tokenizer.to_dict()))
+    transformers_json = tokenizer.to_transformers_json()
+    if transformers_json is None:
+        warnings.warn(
+            "this model's BPE tokenizer predates the standard byte-level scheme, so "
+            "Transformers cannot reproduce its ids: no tokenizer.json was written "
+            "(cerebrum_tokenizer.json holds it); retrain to get an AutoTokenizer",
+            UserWarning, stacklevel=3)
+        return
+    (directory / "tokenizer.json").write_text(transformers_json)
+    specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
+              "clean_up_tokenization_spaces": False}
+    if max_length is not None:
+        config["model_max_length"] = max_length
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2))
 
 
 def _export_mgm(model, directory: Path) -> Path:

@@ -14,7 +14,11 @@ installed:
                                     other rewritten as relative imports (one implementation)
     model.safetensors               the weights
     cerebrum_tokenizer.json         the tokenizer (Cerebrum's format; ids are what generate
-                                    takes; Transformers' AutoTokenizer cannot read it)
+                                    takes)
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json
+                                    the same tokenizer for `AutoTokenizer.from_pretrained`
+                                    (see `cerebrum.hf.write_tokenizer`); with a subfolder,
+                                    also at the root, where the seed's snippet loads it
 The exported model computes Cerebrum's logits, so greedy `generate()` gives the same tokens
 (tested in a fresh process). The wrapper recomputes the prefix at every step (no cache).
 
@@ -30,6 +34,8 @@ import json
 from pathlib import Path
 
 from safetensors.torch import save_file
+
+from cerebrum.hf import write_tokenizer
 
 MODEL_TYPE = "cerebrum_mgm"
 #: module -> file name in the exported directory; the order rewrites imports.
@@ -178,5 +184,6 @@ def export_mgm_hf(model, directory, *, subfolder: str | None = None) -> Path:
     weights = {f"model.{k}": v.detach().cpu().clone()
                for k, v in model.mgm.state_dict().items() if k != "head.weight"}
     save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
-    (directory / "cerebrum_tokenizer.json").write_text(json.dumps(tokenizer.to_dict()))
+    for folder in {root, directory}:  # the seed loads the tokenizer from the repository root
+        write_tokenizer(tokenizer, folder, max_length=fields["block_size"])
     return directory

@@ -59,3 +59,45 @@ def test_any_generated_ids_decode(bpe, ids):
     assert isinstance(data, bytes) and isinstance(bpe.decode(ids), str)
     valid = [i for i in ids if i not in (bpe.pad_id, bpe.bos_id, bpe.eos_id)]
     assert len(data) <= sum(len(bpe._tk.id_to_token(i)) for i in valid)
+
+
+def test_latin1_tokenizers_saved_before_the_standard_scheme_still_work():
+    """A BPE saved without an "input" field read bytes as Latin-1 characters: it loads and
+    tokenises exactly as it was trained (its merges are over that representation)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([t.encode().decode("latin-1") for t in TEXTS], trainer=trainers.BpeTrainer(
+        vocab_size=297, min_frequency=1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tk.add_special_tokens(["<pad>", "<bos>", "<eos>"])
+    old = tokenizer_from_dict({"kind": "bpe", "tokenizer": tk.to_str()})
+    assert old.input == "latin1" and old.to_transformers_json() is None
+    data = "héllo wörld ☃\n".encode() + b"\xff\x80"
+    assert old.encode_bytes(data) == tk.encode(data.decode("latin-1"),
+                                               add_special_tokens=False).ids
+    assert old.decode_bytes(old.encode_bytes(data)) == data
+    assert tokenizer_from_dict(old.to_dict()).input == "latin1"
+
+
+def test_invalid_utf8_bytes_become_their_byte_tokens(bpe):
+    ids = bpe.encode_bytes(b"ab\xffcd")
+    assert bpe.decode_bytes(ids) == b"ab\xffcd"
+    assert bpe._byte_ids[0xFF] in ids
+
+
+@pytest.mark.parametrize("kind", ["bpe", "bytes"])
+def test_transformers_fast_tokenizer_gives_the_same_ids(bpe, kind):
+    transformers = pytest.importorskip("transformers")
+    ours = bpe if kind == "bpe" else ByteTokenizer()
+    from tokenizers import Tokenizer
+
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(ours.to_transformers_json()),
+        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    for text in ["def f(x):\n    return x + 1\n", "héllo wörld ☃", "  two  spaces\t", ""]:
+        ids = fast(text)["input_ids"]
+        assert ids == [ours.bos_id, *ours.encode(text)], text
+        assert fast.decode(ids, skip_special_tokens=True) == text
