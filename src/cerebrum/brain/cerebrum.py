@@ -165,9 +165,10 @@ class Cerebrum(nn.Module):
         """Continue a text prompt with a language model (see its `generate` for the options:
         max_new_tokens, temperature, top_k, top_p, random_state)."""
         entry = self._entry(model_id)
-        if not hasattr(entry, "generate") or isinstance(entry, ModelStore):
+        family = None if isinstance(entry, ModelStore) else registry.family_of(entry)
+        if family is None or family.trains_on != "text":
             raise TypeError(f"model {model_id!r} ({type(entry).__name__}) does not generate "
-                            "text")
+                            "text: only language models do")
         return entry.generate(prompt, **kwargs)
 
     def check_data(self) -> dict:
@@ -326,8 +327,6 @@ def _move_own_model(entry: nn.Module, old_id, new_id) -> None:
     if isinstance(entry, ModelStore) and old_id is not None and old_id != new_id \
             and old_id in entry:
         entry._rename(old_id, new_id)
-        if isinstance(entry, MM) and entry._latest == old_id:
-            entry._latest = new_id
 
 
 def _entry_record(entry: nn.Module, prefix: str, tensors: dict | None = None):

@@ -152,6 +152,9 @@ GMM = register(Family(
     sequence_log_likelihoods=_gmm_sequence_log_likelihoods,
     log_likelihoods=lambda model, X: model.score_samples(X),
     score=_gmm_score,
+    id_scheme="integer",
+    sample=lambda model, n, *, n_sequences=None, random_state=None: model.sample(
+        n, random_state=random_state),
     infer_config=_infer,
     managed=True,
     summary_attributes=("converged_", "n_iter_", "lower_bound_", "lower_bounds_"),
@@ -167,6 +170,9 @@ HMM = register(Family(
     fit=HiddenMarkov.fit,
     sequence_log_likelihoods=_hmm_sequence_log_likelihoods,
     log_likelihoods=lambda model, X, lengths=None: model.log_likelihoods(X, lengths=lengths),
+    takes_sequences=True,
+    sample=lambda model, n, *, n_sequences=None, random_state=None: model.sample(
+        n, n_sequences=n_sequences, random_state=random_state),
     infer_config=_infer,
     managed=True,
     summary_attributes=("converged_", "n_iter_", "history_"),

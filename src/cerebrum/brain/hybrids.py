@@ -277,6 +277,7 @@ def _hybrid_family(name, model_class, config_class, description, saved=("history
         log_likelihoods=lambda model, X, lengths=None, **kw: model.log_likelihoods(
             X, lengths, **kw),
         infer_config=_infer_input_dim,
+        takes_sequences=True,
         summary_attributes=saved,
         feature_field="input_dim",
         description=description,

@@ -88,7 +88,7 @@ class ModelStore(nn.Module):
             return False
 
     def _new_id(self, family: str):
-        if family == "gmm":
+        if registry.get(family).id_scheme == "integer":
             used = [i for i in self._ids.values() if isinstance(i, int)]
             return max(used) + 1 if used else 0
         return random_letters({i for i in self._ids.values() if isinstance(i, str)})
@@ -340,6 +340,11 @@ class MM(ModelStore):
         super().unfit(data_id)
         if data_id == self._latest:
             self._latest = self.ids[-1] if self.ids else None
+
+    def _rename(self, old, new) -> None:
+        latest = self._latest
+        super()._rename(old, new)
+        self._latest = new if latest == old else latest
 
     def _select(self, fn, data_ids):
         return super()._select(fn, self._latest if data_ids is None else data_ids)

@@ -43,6 +43,13 @@ class Family:
         score: (model, X, **kw) -> float, what the managers' `score` answers; None: the
             model's own `score(X, **kw)`. A family that scores more kinds of data than its
             model does (a GaussianMixture asked to score sequences) says so here.
+        id_scheme: how a manager names a model of this family when the caller does not:
+            "integer" (0, 1, ...: seed 000's Gaussian mixtures) or "letters" (six random
+            lowercase letters: everything else).
+        takes_sequences: whether `fit` models sequences (and so takes `lengths`), not only
+            independent samples.
+        sample: (model, n, *, n_sequences, random_state) -> (X, labels), NumPy: draws from
+            the model (`cerebrum sample`); None when the family cannot sample.
         infer_config: (data, given fields) -> fields completed from the data (n_features, ...).
         managed: True for families that Cerebrum keeps inside an MMMan (seed 000: "for gmm/hmm,
             uses a transient MMMan ... and registers that manager under model_id").
@@ -70,10 +77,16 @@ class Family:
     trains_on: str = "arrays"
     fit_parameters: tuple[str, ...] = ()
     score: Callable[..., float] | None = None
+    id_scheme: str = "letters"
+    takes_sequences: bool = False
+    sample: Callable[..., tuple] | None = None
 
     def __post_init__(self):
         if self.trains_on not in ("arrays", "text"):
             raise ValueError(f"trains_on must be 'arrays' or 'text', got {self.trains_on!r}")
+        if self.id_scheme not in ("integer", "letters"):
+            raise ValueError(f"id_scheme must be 'integer' or 'letters', got "
+                             f"{self.id_scheme!r}")
         if not self.fit_parameters:
             names = tuple(
                 name for name, p in inspect.signature(self.fit).parameters.items()
