@@ -241,3 +241,16 @@ def test_a_device_this_machine_lacks_is_named_with_the_ones_it_has(tmp_path, dev
     brain.save(tmp_path / "b.cbm")
     with pytest.raises(ValueError, match=r"was asked for|must be a torch device"):
         Cerebrum.load(tmp_path / "b.cbm", device=device)
+
+
+def test_mm_prepare_tensor_casts_and_checks():
+    """Seed 000's MM._prepare_tensor: arrays to tensors in the MM's dtype, checked."""
+    mm = MM("gmm", n_features=2, n_components=1)
+    tensor = mm._prepare_tensor(np.arange(6, dtype=np.int64).reshape(3, 2))
+    assert tensor.dtype == torch.float32 and tensor.tolist() == [[0, 1], [2, 3], [4, 5]]
+    assert MM("gmm", n_features=2, n_components=1, dtype="float64")._prepare_tensor(
+        [[1.0, 2.0]]).dtype == torch.float64
+    with pytest.raises(ValueError, match="X contains NaN"):
+        mm._prepare_tensor([[np.nan, 1.0]])
+    with pytest.raises(TypeError, match="X must be a numeric array"):
+        mm._prepare_tensor([["a", "b"]])

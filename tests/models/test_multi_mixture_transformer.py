@@ -216,8 +216,13 @@ def test_bad_input():
         m(torch.full((2, 2, 3), float("nan")))
     with pytest.raises(ValueError, match="tgt must hold 2 sequences"):
         m(torch.randn(2, 5, 3), tgt=torch.randn(3, 5, 3))
-    with pytest.raises(TypeError, match="must be torch.float32"):
-        m(torch.randn(2, 5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="none of its axes empty"):
+        m.predict(torch.randn(2, 0, 3))
+    with pytest.raises(TypeError, match="must hold real numbers"):
+        m(torch.ones(2, 5, 3, dtype=torch.bool))
+    x = torch.randn(2, 5, 3, dtype=torch.float64)  # cast to the model's dtype, as the VRMGT
+    torch.testing.assert_close(m.predict(x), m.predict(x.float()))
+    torch.testing.assert_close(m.predict(x.numpy()), m.predict(x.float()))
 
 
 def test_fit_with_targets_trains_the_transformer_toward_them():

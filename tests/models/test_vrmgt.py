@@ -582,3 +582,9 @@ def test_generation_reproduces_a_switching_ar_process():
     assert ok, (var, data_var, lag1, data_lag1)
     means = model.generate(25, 256, generator=torch.Generator().manual_seed(0), mean_only=True)
     assert np.all(variance_and_lag1(means.numpy())[0] < 0.5 * data_var)
+
+
+def test_forward_refuses_nan_input():
+    model = VRMGT(input_dim=2, **SMALL)
+    with pytest.raises(ValueError, match="x contains NaN or infinity"):
+        model(torch.full((1, 4, 2), float("nan")))

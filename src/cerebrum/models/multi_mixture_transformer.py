@@ -53,7 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
-from cerebrum._util.validation import check_positive_int
+from cerebrum._util.validation import check_positive_int, to_numeric_tensor
 from cerebrum.mixtures import hmm_inference
 from cerebrum.models._sequence_helpers import (
     SequenceFit,
@@ -194,18 +194,24 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
                 else f"(B, T, input_dim={D}) batch-first (or (T, B, input_dim) with "
                      f"time_major=True)")
 
-    def _check_input(self, x: torch.Tensor, name: str = "x", time_major: bool = False) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-        if x.dim() not in (2, 3) or x.shape[-1] != self.config.input_dim:
+    def _check_input(self, x, name: str = "x", time_major: bool = False) -> torch.Tensor:
+        """x as a tensor in the model's dtype and on its device (tensors are cast, not
+        detached; arrays converted), checked: a layout's shape, no empty axis, finite."""
+        param = self.pred_weights
+        if isinstance(x, torch.Tensor):
+            if x.is_complex() or x.dtype == torch.bool:
+                raise TypeError(f"{name} must hold real numbers, got a tensor of dtype "
+                                f"{x.dtype}")
+            x = x.to(device=param.device, dtype=param.dtype)
+        else:
+            x = to_numeric_tensor(x, name=name, dtype=param.dtype, device=param.device)
+        if x.dim() not in (2, 3) or x.shape[-1] != self.config.input_dim or 0 in x.shape:
             raise ValueError(f"{name} must be {self._layout(time_major)} or one step "
-                             f"(B, input_dim={self.config.input_dim}); got shape "
-                             f"{tuple(x.shape)}")
-        if x.dtype != self.pred_weights.dtype:
-            raise TypeError(f"{name} must be {self.pred_weights.dtype} like the model's "
-                            f"parameters, got {x.dtype}")
+                             f"(B, input_dim={self.config.input_dim}), none of its axes "
+                             f"empty; got shape {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or infinity")
+        return x
 
     @staticmethod
     def _time_major(x: torch.Tensor | None, time_major: bool) -> torch.Tensor | None:
@@ -236,7 +242,7 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
         before t and every latent). With `time_major=True`, x (T, B, D), tgt (T', B, O) and
         the outputs are time-major (seed 000's layout).
         """
-        self._check_input(x, time_major=time_major)
+        x = self._check_input(x, time_major=time_major)
         if tgt is not None and (not isinstance(tgt, torch.Tensor) or tgt.dim() != 3):
             raise ValueError(f"tgt must be a 3-D tensor {'(T' if time_major else '(B, T'}', "
                              f"..., output_dim={self.config.output_dim}), got "
@@ -388,7 +394,7 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
 
         The RNN-HMM's expected next latent (states propagated one step, each state's mixture
         mean) replaces the current latent per dimension in proportion to pred_weights."""
-        self._check_input(x, time_major=time_major)
+        x = self._check_input(x, time_major=time_major)
         x = self._time_major(x, time_major)
         seq = x.unsqueeze(0) if x.dim() == 2 else x
         mu, _ = self.encoder(seq)
@@ -409,7 +415,7 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
         features in place of Z (encoded first). Returns a reconstruction shaped like x,
         pulled toward the target per recog_weights (differentiable, so recognition can be
         trained toward targets). `time_major=True`: x and a target path are (T, B, .)."""
-        self._check_input(x, time_major=time_major)
+        x = self._check_input(x, time_major=time_major)
         if not isinstance(tgt_z, torch.Tensor):
             raise TypeError(f"tgt_z must be a tensor, got {type(tgt_z).__name__}")
         x, tgt_z = self._time_major(x, time_major), self._time_major(tgt_z, time_major)
@@ -477,7 +483,7 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
     def _plan(self, context_sequence: torch.Tensor, time_major: bool) -> torch.Tensor:
         """The latent plan (B, P, Z): encoder means, refined block by block, each block of
         steps by its own TinyDiffusion denoiser."""
-        self._check_input(context_sequence, "context_sequence", time_major)
+        context_sequence = self._check_input(context_sequence, "context_sequence", time_major)
         context = self._time_major(context_sequence, time_major)
         seq = context.unsqueeze(0) if context.dim() == 2 else context
         plan = self.encoder(seq)[0].transpose(0, 1)  # (B, P, Z)

@@ -172,6 +172,8 @@ class VariationalRecurrentMarkovGaussianTransformer(SequenceFit, nn.Module):
             field = "input_dim" if name == "x" else "output_dim"
             raise ValueError(f"{name} has shape {tuple(tensor.shape)}: "
                              + _LAYOUT.format(dim=f"{field}={dim}"))
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} contains NaN or infinity")
         if tensor.dim() == 3 and time_major:
             tensor = tensor.transpose(0, 1)
         one = tensor.dim() == 2
