@@ -254,3 +254,21 @@ def test_mm_prepare_tensor_casts_and_checks():
         mm._prepare_tensor([[np.nan, 1.0]])
     with pytest.raises(TypeError, match="X must be a numeric array"):
         mm._prepare_tensor([["a", "b"]])
+
+
+def test_bad_arguments_found_by_the_sweep_are_named():
+    """Cases bench/robustness_sweep.py reported as unhelpful or silent."""
+    rng = np.random.default_rng(0)
+    brain = Cerebrum()
+    brain.fit_and_add(rng.normal(size=(40, 2)), "gmm", model_id="g", n_components=1,
+                      random_state=0)
+    with pytest.raises(TypeError, match="model_ids must be a model id"):
+        brain.classify(rng.normal(size=(3, 2)), model_ids=3)
+    with pytest.raises(TypeError, match="must be a path .* got int 42"):
+        brain.import_model("x", 42)
+    state = {k: torch.full_like(v, float("nan")) for k, v in brain.export_model("g").items()}
+    X = rng.normal(size=(3, 2))
+    before = brain.score("g", X)
+    with pytest.raises(ValueError, match="has NaN in its parameter"):
+        brain.import_model("g", state)
+    assert brain.score("g", X) == before  # nothing was loaded

@@ -189,6 +189,9 @@ class Cerebrum(nn.Module):
         """[(label, model, family)] of the models classify compares."""
         if isinstance(model_ids, str):  # one id, not its characters
             model_ids = [model_ids]
+        if model_ids is not None and not isinstance(model_ids, (list, tuple)):
+            raise TypeError(f"model_ids must be a model id (str), a list of them or None, got "
+                            f"{type(model_ids).__name__} {model_ids!r}")
         if model_ids is not None and not list(model_ids):
             raise ValueError("model_ids is empty")
         found = list(iter_models(self, model_ids))

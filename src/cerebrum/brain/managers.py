@@ -50,7 +50,13 @@ def random_letters(taken, rng: random.Random | None = None) -> str:
 
 
 def load_state(module: nn.Module, state: dict, *, what: str) -> None:
-    """load_state_dict (strict) with a ValueError that says what did not fit."""
+    """load_state_dict (strict) with a ValueError that says what did not fit; a parameter
+    holding NaN is refused (a buffer may: some families mark "not set yet" with NaN)."""
+    parameters = dict(module.named_parameters())
+    for name, value in state.items():
+        if name in parameters and isinstance(value, torch.Tensor) \
+                and value.is_floating_point() and bool(torch.isnan(value).any()):
+            raise ValueError(f"the state dict for {what} has NaN in its parameter {name!r}")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import stat
 import struct
 import threading
@@ -311,6 +312,9 @@ def content_hash(header: str, tensors: dict) -> str:
 def read_file(path, *, expect: tuple[str, ...] = KINDS, device=None):
     """(kind, record, tensors) of a Cerebrum file, checked before anything is trusted."""
     device = check_device(device)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"the file to read must be a path (str or os.PathLike), got "
+                        f"{type(path).__name__} {path!r}")
     path = Path(path)
     data = _read_bytes(path)
     header, text, stored_hash = _read_header(data, path)

@@ -391,7 +391,10 @@ class Corpus:
         if isinstance(subsets, (list, tuple)):
             subsets = {"main": subsets}
         if not isinstance(subsets, dict) or not subsets:
-            raise ValueError("subsets must be a non-empty dict {name: paths} or a list of paths")
+            raise ValueError(f"a corpus (subsets) must be a path, a list of paths or a "
+                             f"non-empty dict {{name: paths}}, got {type(subsets).__name__}"
+                             + (f" of shape {subsets.shape}" if hasattr(subsets, "shape")
+                                else ""))
         self.subsets = {
             name: src if isinstance(src, Source)
             else Source([str(p) for p in ([src] if isinstance(src, (str, os.PathLike))
