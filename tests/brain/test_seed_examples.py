@@ -226,9 +226,10 @@ def test_seed001_examples_1_2_and_4_to_8(data, tmp_path, monkeypatch):
     'id1' and 'id2' of 'speakerA', which the seed never fits: the two fits are supplied."""
     X_gmm, X_test, seq_data = data
     monkeypatch.chdir(tmp_path)
+    data = X_gmm
     # --- seed 001, example 1
     mmm = MMM()
-    model_id = mmm.fit_and_add(X_gmm, model_type='gmm', n_components=5)
+    model_id = mmm.fit_and_add(data, model_type='gmm', n_components=5)
     # --- end
     gmm_id = model_id
     data = seq_data
