@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from cerebrum import __version__, cli_mgm, cli_neat
+from cerebrum import __version__, cli_adapt, cli_mgm, cli_neat
 
 
 def _add_demo(subparsers) -> None:
@@ -546,6 +546,7 @@ def _print_table(header, rows) -> None:
 #: Verbs in the order `--help` lists them.
 COMMANDS = [_add_fit, _add_score, _add_classify, _add_info, _add_sample, _add_train,
             _add_eval, _add_generate, _add_export_hf, cli_mgm.add_command, cli_neat.add_command,
+            cli_adapt.add_command,
             _add_demo]
 
 

@@ -17,8 +17,14 @@ counted by `torch.utils.flop_counter`), as a table or --json. Peak memory is the
 allocator's peak on a GPU; on a CPU it is the bytes of the weights, their gradients and the
 activations saved for the backward pass (counted with saved-tensor hooks).
 
-`--use_transformer2_adaptation` and `--use_mvot_processor` are accepted and refused with a
-clear error until NEAT part 2.
+`--use_mvot_processor` trains on MVoT's interleaved grid-world puzzles (docs/neat.md);
+eval of such a model reports task and visualisation accuracy on held-out puzzles and, with
+`--images DIR`, writes each puzzle's true and imagined trajectories as PNG strips; profile
+adds its row (the network on interleaved sequences with L_D).
+`--use_transformer2_adaptation` trains SVF experts and the dispatcher after the network
+(`adaptation_tasks`, `adaptation_steps`); eval adds each expert task's accuracy, base vs
+expert vs two-pass dispatch; profile adds its row (an expert's training step: the forward
+with adapted weights, gradients to the singular-value scales alone).
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ import time
 from pathlib import Path
 
 SWITCHES = ("use_titans_memory", "use_blt_processor", "mixed_precision",
-            "gradient_checkpointing", "dynamic_component_activation")
-PART_2_FLAGS = ("use_transformer2_adaptation", "use_mvot_processor")
+            "gradient_checkpointing", "dynamic_component_activation", "use_mvot_processor",
+            "use_transformer2_adaptation")
+#: The components `--mode profile` measures alone and together.
+COMPONENTS = ("use_blt_processor", "use_titans_memory", "use_mvot_processor",
+              "use_transformer2_adaptation")
 #: The size `--mode profile` measures unless --set says otherwise.
 PROFILE_MODEL = dict(block_size=256, n_layer=4, n_head=4, n_embd=128)
 
@@ -41,7 +50,7 @@ def add_command(subparsers) -> None:
         "neat", help="seed 003's NEAT byte model: train, eval or profile its components",
         description=__doc__.split("\n\n")[1] if __doc__ else None)
     parser.add_argument("--mode", choices=["train", "eval", "profile"], required=True)
-    for name in SWITCHES + PART_2_FLAGS:
+    for name in SWITCHES:
         parser.add_argument(f"--{name}", action="store_true")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--max_steps", type=int, default=None)
@@ -56,6 +65,10 @@ def add_command(subparsers) -> None:
     parser.add_argument("--max_documents", type=int, default=16,
                         help="eval: held-out documents scored")
     parser.add_argument("--repeats", type=int, default=3, help="profile: timed repetitions")
+    parser.add_argument("--puzzles", type=int, default=120,
+                        help="eval of an MVoT model: held-out puzzles solved")
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="eval of an MVoT model: write true / imagined trajectories as PNG")
     parser.add_argument("--json", action="store_true", help="profile: print JSON")
     parser.set_defaults(handler=run)
 
@@ -68,10 +81,7 @@ def _overrides(args) -> dict:
 
 def run(args) -> int:
     """The handler of `cerebrum neat`."""
-    from cerebrum.brain.neat import check_part_two
-
-    check_part_two(**{name: getattr(args, name) for name in PART_2_FLAGS})
-    for name in ("batch_size", "max_steps", "max_documents", "repeats"):
+    for name in ("batch_size", "max_steps", "max_documents", "repeats", "puzzles"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
@@ -127,6 +137,8 @@ def _eval(args) -> int:
     if args.model_path is None:
         raise ValueError("--mode eval needs --model_path (a run directory or checkpoint)")
     model = from_checkpoint(args.model_path)
+    if getattr(model, "mvot", None) is not None:
+        return _eval_mvot(model, args)
     corpus = _corpus(args)
     if corpus is None:
         corpus = Corpus.from_dict(model.corpus_) if model.corpus_ else default_corpus()
@@ -135,14 +147,44 @@ def _eval(args) -> int:
         raise ValueError(f"the validation split of {corpus.describe()} holds no documents")
     print(f"{model.bits_per_byte(texts):.4f}  bits per byte ({len(texts)} held-out documents "
           f"of {corpus.describe()})")
+    for name, value in model.evaluation_rows(texts):  # Transformer²: task accuracies
+        print(f"{value}  {name}")
     return 0
+
+
+def _eval_mvot(model, args) -> int:
+    from cerebrum.data.gridworld import write_strips
+
+    report = model.mvot_report(args.puzzles)
+    visual = report["visualization_accuracy"]
+    print(f"task accuracy {report['task_accuracy']:.3f} ({args.puzzles} held-out puzzles, "
+          f"task {model.config.mvot_task!r})"
+          + ("" if visual is None else f"; visualisation accuracy {visual:.3f}")
+          + f"; VQ-VAE cell accuracy {report['cell_accuracy']:.4f}, codes used "
+          f"{report['used']:.2f}")
+    if args.images:
+        truth = [f for r in report["results"] for f in r["batch"]["frames"]]
+        imagined = [_with_prompt_image(r["batch"]["frames"][i, :1], images)
+                    for r in report["results"] for i, images in enumerate(r["images"])]
+        paths = write_strips(args.images, truth, imagined)
+        print(f"{len(paths)} PNG strips in {args.images} (top: true states; below: the "
+              "prompt's image and the imagined ones)")
+    return 0
+
+
+def _with_prompt_image(first, images):
+    """The prompt's image (1, 3, H, W) followed by the generated ones (n, 3, H, W): the
+    imagined row of a strip."""
+    import torch
+
+    return torch.cat([first.cpu(), images.cpu()])
 
 
 def profile_rows(args) -> list[dict]:
     """The profile table's rows (see the module docstring)."""
-    components = [n for n in ("use_blt_processor", "use_titans_memory") if getattr(args, n)]
+    components = [n for n in COMPONENTS if getattr(args, n)]
     if not components:
-        components = ["use_blt_processor", "use_titans_memory"]
+        components = list(COMPONENTS)
     engineering = {n: True for n in ("mixed_precision", "gradient_checkpointing")
                    if getattr(args, n)}
     combos = [("byte transformer", {})]
@@ -178,6 +220,9 @@ def measure(name: str, settings: dict, *, batch_size: int = 8, repeats: int = 3,
     T = model.config.block_size
     batch = torch.randint(0, 256, (batch_size, T + 1), device=device,
                           generator=torch.Generator(device=device).manual_seed(0))
+    if model.mvot is not None:  # interleaved puzzles (untrained codebook): L_C + lambda L_D
+        batch = model.mvot.sequences(model.mvot.sample_batch(batch_size, device=device))
+        T = batch.shape[1] - 1
     if net.entropy_model is not None:
         net.calibrate(batch[:, :-1])
 
@@ -185,6 +230,14 @@ def measure(name: str, settings: dict, *, batch_size: int = 8, repeats: int = 3,
         model.zero_grad(set_to_none=True)
         _, loss = model(batch[:, :-1], batch[:, 1:])
         loss.backward()
+
+    if model.config.use_transformer2_adaptation:
+        # Transformer²'s training step: the network frozen, the forward with weights adapted
+        # by an expert's z (recomposed from the cached SVD), gradients to z alone
+        from cerebrum.brain.transformer2 import expert_step
+
+        model.requires_grad_(False)
+        step, _ = expert_step(model, lambda: model(batch[:, :-1], batch[:, 1:])[1])
 
     step()  # warm-up
     with FlopCounterMode(display=False) as counter:

@@ -132,7 +132,7 @@ def test_an_uncalibrated_entropy_model_patches_with_the_fixed_stride():
     (dict(titans_mode="mac"), "titans_mode must be one of mal, mag"),
     (dict(n_embd=15), r"n_embd \(15\) must be a multiple"),
     (dict(ngram_min=9), r"ngram_min \(9\) must be <= ngram_max"),
-    (dict(vocab_size=300), "NEAT reads bytes"),
+    (dict(vocab_size=200), "NEAT reads bytes"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

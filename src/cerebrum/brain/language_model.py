@@ -33,6 +33,7 @@ rebuilds either. Checkpoints written before this seam (the GPT alone; "extra" he
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Iterable
@@ -203,6 +204,20 @@ class LanguageModel(nn.Module):
     def tokenizer_state_(self, state: dict | None) -> None:
         self.tokenizer = None if state is None else tokenizer_from_dict(state)
 
+    @property
+    def adaptation_(self) -> dict | None:
+        """The Transformer² experts, mixtures and dispatchers as JSON (saved with the model;
+        `cerebrum.brain.transformer2`), or None."""
+        t2 = self.__dict__.get("_transformer2")
+        return None if t2 is None else t2.to_dict()
+
+    @adaptation_.setter
+    def adaptation_(self, state: dict | None) -> None:
+        from cerebrum.brain.transformer2 import Transformer2  # it reads the model's modules
+
+        self.__dict__["_transformer2"] = (None if state is None
+                                          else Transformer2.from_dict(self, state))
+
     def _require_tokenizer(self):
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer yet: fit it first (the BPE "
@@ -321,9 +336,11 @@ class LanguageModel(nn.Module):
 
     def generate(self, prompt: str, max_new_tokens: int = 100, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 random_state=None) -> str:
+                 random_state=None, adapt: str | None = None) -> str:
         """Continue `prompt`; returns the generated text (without the prompt).
-        `temperature=0` is greedy decoding; `random_state` seeds the sampling."""
+        `temperature=0` is greedy decoding; `random_state` seeds the sampling. `adapt`:
+        Transformer² two-pass generation ("auto": pass one dispatches to an expert; an expert
+        or mixture name; None: the base weights; `cerebrum.brain.transformer2`)."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         check_positive_int(max_new_tokens, name="max_new_tokens", minimum=0)
@@ -333,11 +350,17 @@ class LanguageModel(nn.Module):
         generator = None
         if random_state is not None:
             generator = torch.Generator(device=self._device()).manual_seed(int(random_state))
+        adapted = contextlib.nullcontext()
+        if adapt is not None:
+            from cerebrum.brain.transformer2 import adapted_generation
+
+            adapted = adapted_generation(self, adapt, prompt)
         was_training = self.training
         self.eval()
         try:
-            new = self.generate_ids(ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, generator=generator)
+            with adapted:
+                new = self.generate_ids(ids, max_new_tokens, temperature=temperature,
+                                        top_k=top_k, top_p=top_p, generator=generator)
         finally:
             self.train(was_training)
         return tokenizer.decode(new)
@@ -462,7 +485,7 @@ def register_language_model(cls: type[LanguageModel], *, description: str,
         sequence_log_likelihoods=None,  # scores of text: nothing to classify with
         log_likelihoods=_no_log_likelihoods,
         infer_config=lambda data, fields: dict(fields),
-        summary_attributes=("tokenizer_state_", "history_", "corpus_"),
+        summary_attributes=("tokenizer_state_", "history_", "corpus_", "adaptation_"),
         feature_field="vocab_size",
         description=description,
         trains_on="text",

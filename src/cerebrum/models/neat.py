@@ -3,6 +3,9 @@
 Shapes: B batch, T bytes (tokens of the byte tokenizer, 259 ids), P patches (the most of any
 row), D `n_embd` (latent / byte-transformer width), Dl `local_dim` (BLT's local width).
 
+V = `vocab_size`: 259 (bytes); with MVoT (`cerebrum.models.mvot`) ids from 259 up are image
+markers and image codes, embedded and predicted like bytes (the logits below are (B, T, V)).
+
 Every switch off: a plain causal byte transformer, embed (B, T, D) -> `n_layer` blocks ->
 RMSNorm -> tied head (B, T, 259).
 
@@ -134,8 +137,8 @@ class NEATConfig:
             _int(self, name)
         for name in ("n_local_encoder_layers", "n_local_decoder_layers", "n_persistent"):
             _int(self, name, 0)
-        if self.vocab_size != VOCAB:
-            raise ValueError(f"NEAT reads bytes: vocab_size must be {VOCAB}, got "
+        if self.vocab_size < VOCAB:  # bytes first; ids from 259 up are image tokens (MVoT)
+            raise ValueError(f"NEAT reads bytes: vocab_size must be >= {VOCAB}, got "
                              f"{self.vocab_size}")
         for name in ("use_blt_processor", "use_titans_memory", "use_sliding_window",
                      "mixed_precision",
@@ -279,10 +282,10 @@ class NEATNetwork(nn.Module):
         self.entropy_model = None
         if c.needs_entropy_model:
             self.entropy_model = GPT(GPTConfig(
-                vocab_size=VOCAB, block_size=c.block_size, n_layer=c.entropy_layers,
+                vocab_size=c.vocab_size, block_size=c.block_size, n_layer=c.entropy_layers,
                 n_head=2, n_embd=c.entropy_dim, mlp="relu2"))
         if c.use_blt_processor:
-            self.byte_embed = nn.Embedding(VOCAB, Dl)
+            self.byte_embed = nn.Embedding(c.vocab_size, Dl)
             self.ngrams = HashNgramEmbedding(Dl, c.ngram_buckets,
                                              tuple(range(c.ngram_min, c.ngram_max + 1)))
             self.encoder = nn.ModuleList(Block(Dl, c.local_heads)
@@ -298,12 +301,12 @@ class NEATNetwork(nn.Module):
             self.decoder = nn.ModuleList(Block(Dl, c.local_heads)
                                          for _ in range(c.n_local_decoder_layers))
             self.norm = RMSNorm(Dl)
-            self.head = nn.Linear(Dl, VOCAB, bias=False)
+            self.head = nn.Linear(Dl, c.vocab_size, bias=False)
         else:
-            self.embed = nn.Embedding(VOCAB, D)
+            self.embed = nn.Embedding(c.vocab_size, D)
             self.backbone = Backbone(c, D, c.n_layer, c.n_head, titans=c.use_titans_memory)
             self.norm = RMSNorm(D)
-            self.head = nn.Linear(D, VOCAB, bias=False)
+            self.head = nn.Linear(D, c.vocab_size, bias=False)
             self.head.weight = self.embed.weight  # tied
         for name, module in self.named_modules():
             if name.startswith("entropy_model"):
@@ -383,7 +386,7 @@ class NEATNetwork(nn.Module):
             logits = self.head(self.norm(h)).float()
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1),
+        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                        ignore_index=-100)
 
     def _blt(self, ids):
