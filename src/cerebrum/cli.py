@@ -104,20 +104,68 @@ def _run_fit(args) -> int:
 
     from cerebrum import Cerebrum
 
-    X, lengths = _load_data(args)
-    brain = _load_brain(args.output) if Path(args.output).exists() else Cerebrum()
-    options = {"n_components": args.components, "covariance_type": args.covariance,
-               "max_iter": args.max_iter, "n_init": args.n_init,
-               "random_state": args.seed, "verbose": True}
-    if args.family == "hmm":
-        options.update(n_mix=args.mix, lengths=lengths)
-    elif lengths is not None:
-        print("cerebrum fit: note: a gmm treats the frames of sequences as samples",
-              file=sys.stderr)
-    model_id = brain.fit_and_add(X, args.family, model_id=args.model_id, **options)
-    brain.save(args.output)
-    print(model_id)
+    rank, world_size, created = _fit_process_group()
+    try:
+        X, lengths = _load_data(args) if world_size == 1 else _load_fit_shard(args, rank,
+                                                                             world_size)
+        brain = _load_brain(args.output) if Path(args.output).exists() else Cerebrum()
+        options = {"n_components": args.components, "covariance_type": args.covariance,
+                   "max_iter": args.max_iter, "n_init": args.n_init,
+                   "random_state": args.seed, "verbose": rank == 0}
+        if args.family == "hmm":
+            options.update(n_mix=args.mix, lengths=lengths)
+        elif lengths is not None and rank == 0:
+            print("cerebrum fit: note: a gmm treats the frames of sequences as samples",
+                  file=sys.stderr)
+        model_id = brain.fit_and_add(X, args.family, model_id=args.model_id, **options)
+        if rank == 0:  # every rank holds the same model: one writes it
+            brain.save(args.output)
+            print(model_id)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
+
+
+def _fit_process_group() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the group) for `cerebrum fit`: under
+    torchrun (WORLD_SIZE > 1) each process fits its shard of DATA and the statistics are
+    all-reduced over gloo (the fit runs on the CPU); otherwise one process fits it all."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, False
+    dist.init_process_group(backend="gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _load_fit_shard(args, rank: int, world_size: int):
+    """This rank's slice of DATA: contiguous rows, or whole sequences when there are lengths
+    (`mixtures.distributed.shard_bounds`). A .npy file is memory-mapped, so each rank reads only
+    its slice; other formats are read whole by every rank, then sliced."""
+    import numpy as np
+
+    from cerebrum.mixtures.distributed import shard_bounds
+
+    if args.data.lower().endswith(".npy") and args.sequence_column is None:
+        if not os.path.isfile(args.data):
+            raise FileNotFoundError(f"no such file: {args.data}")
+        table, lengths = np.load(args.data, mmap_mode="r", allow_pickle=False), args.lengths
+        if table.ndim == 3:  # (B, T, D): B sequences of T frames
+            lengths = lengths if lengths is not None else [table.shape[1]] * table.shape[0]
+            table = table.reshape(-1, table.shape[2])
+        elif table.ndim == 1:
+            table = table[:, None]
+    else:
+        table, lengths = _load_data(args)
+    start, stop, shard_lengths = shard_bounds(
+        len(table), lengths if args.family == "hmm" else None, rank, world_size)
+    X = np.asarray(table[start:stop], dtype=np.float64)
+    return X, (shard_lengths if args.family == "hmm" else lengths)
 
 
 def _add_brain_data_verb(subparsers, name, handler, help, description) -> None:

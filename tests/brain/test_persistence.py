@@ -475,3 +475,15 @@ def test_a_save_removes_the_temporary_files_of_killed_saves_to_that_path(tmp_pat
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["brain.cbm", legacy_new.name, live.name, other.name])
     assert set(Cerebrum.load(target).models.keys()) == {"g", "h"}
+
+
+def test_an_hmm_saved_with_history_loads_it_as_lower_bounds(tmp_path):
+    """Files written before the fit loop was shared name the HMM's curve `history_`."""
+    from cerebrum.brain import registry
+
+    rng = np.random.default_rng(0)
+    model = HiddenMarkov(2, 2).fit(rng.normal(size=(60, 2)), max_iter=3, random_state=0)
+    fresh = HiddenMarkov(2, 2)
+    registry.get("hmm").restore_summary(fresh, {"converged_": True, "n_iter_": 3,
+                                                "history_": model.lower_bounds_})
+    assert fresh.lower_bounds_ == model.lower_bounds_ and fresh.n_iter_ == 3

@@ -90,15 +90,17 @@ def check_samples(
     device: torch.device | str,
     name: str = "X",
     owner: str = "this model",
+    allow_empty: bool = False,
 ) -> torch.Tensor:
-    """Return `X` as a finite (N, D) tensor with N >= 1 and D == n_features (when given)."""
+    """Return `X` as a finite (N, D) tensor with N >= 1 (N >= 0 with `allow_empty`, one shard
+    of distributed data) and D == n_features (when given)."""
     tensor = to_numeric_tensor(X, name=name, dtype=dtype, device=device)
     if tensor.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D (n_samples, n_features), got an array of shape "
             f"{tuple(tensor.shape)}"
         )
-    if tensor.shape[0] == 0:
+    if tensor.shape[0] == 0 and not allow_empty:
         raise ValueError(
             f"{name} is empty: expected at least 1 sample, got shape {tuple(tensor.shape)}"
         )

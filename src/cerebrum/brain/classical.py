@@ -175,6 +175,7 @@ HMM = register(Family(
         n, n_sequences=n_sequences, random_state=random_state),
     infer_config=_infer,
     managed=True,
-    summary_attributes=("converged_", "n_iter_", "history_"),
+    summary_attributes=("converged_", "n_iter_", "lower_bound_", "lower_bounds_"),
+    renamed_summary=(("history_", "lower_bounds_"),),
     description="hidden Markov model with Gaussian-mixture emissions (exact log-likelihood)",
 ))

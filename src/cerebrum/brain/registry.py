@@ -34,6 +34,8 @@ class Family:
         config_of: model -> its config (to store or copy a model built elsewhere).
         fit: (model, data, **fit_kwargs) -> None, fitting in place.
         summary_attributes: fitted attributes (plain Python values) stored with the model.
+        renamed_summary: (old name, new name) of summary attributes renamed since files were
+            written: an old file's value is restored under the new name.
         sequence_log_likelihoods: (model, X (N, D), lengths (B,)) -> (B,) NumPy log p of each
             sequence, in nats; what `classify` compares across families. A family documents
             what the number is (exact, or a bound); None when it has no such number (language
@@ -72,6 +74,7 @@ class Family:
     infer_config: Callable[[Any, dict], dict]
     managed: bool = False
     summary_attributes: tuple[str, ...] = ()
+    renamed_summary: tuple[tuple[str, str], ...] = ()
     feature_field: str = "n_features"
     description: str = ""
     trains_on: str = "arrays"
@@ -143,6 +146,10 @@ class Family:
         return {name: getattr(model, name, None) for name in self.summary_attributes}
 
     def restore_summary(self, model: nn.Module, summary: dict) -> None:
+        summary = dict(summary)
+        for old, new in self.renamed_summary:  # files written before a rename
+            if old in summary and new not in summary:
+                summary[new] = summary.pop(old)
         for name in self.summary_attributes:
             if name in summary:
                 setattr(model, name, summary[name])

@@ -7,6 +7,9 @@ arrays or a DataLoader streamed from disk (converted chunk by chunk on every pas
 All chunks are centred on the weighted data mean: it costs one subtraction and keeps the
 moment-form (GEMM) statistics accurate in float32 when the data sit far from the origin.
 
+In a distributed fit each process holds a shard: `reduce` sums the totals over the processes,
+so the centre and the total weight are those of the whole data, and a shard may be empty.
+
 Shapes: N samples (in a chunk), D features.
 """
 
@@ -73,8 +76,10 @@ def is_chunked(X) -> bool:
 class SampleSource:
     """Validated samples to iterate over, chunk by chunk, any number of times.
 
-    Attributes: `n_samples`, `total_weight` (sum of sample weights, as a float), `center` (D,),
-    `n_features`, `dtype`, `device`.
+    Attributes: `n_samples` (this process's), `total_samples` and `total_weight` (the sum of
+    the sample weights, as a float) of the whole data, `center` (D,), `n_features`, `dtype`,
+    `device`. `reduce(list of tensors) -> their sums over all processes` makes this one shard
+    of distributed data (which may then be empty); None means this process holds it all.
     """
 
     def __init__(
@@ -86,8 +91,10 @@ class SampleSource:
         dtype: torch.dtype,
         device: torch.device | str,
         owner: str = "this model",
+        reduce=None,
     ):
         self.n_features = n_features
+        self._reduce = reduce
         self.dtype = dtype
         self.device = torch.device(device)
         self._owner = owner
@@ -109,12 +116,13 @@ class SampleSource:
             self._chunk_weights = sample_weight
             self._scan_chunks()
         else:
-            X = check_samples(X, n_features=n_features, dtype=dtype, device=device, owner=owner)
+            X = check_samples(X, n_features=n_features, dtype=dtype, device=device, owner=owner,
+                              allow_empty=reduce is not None)
             weight = None
             if sample_weight is not None:
                 weight = check_sample_weight(sample_weight, X.shape[0], dtype=dtype, device=device)
             self.n_samples = X.shape[0]
-            self._set_totals(*_weighted_sum_and_total(X, weight))
+            self._set_totals(*_weighted_sum_and_total(X, weight), X.shape[0])
             self._resident = Chunk(X - self.center, weight)
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -124,7 +132,15 @@ class SampleSource:
         for X, weight in self._raw_chunks(validate=False):
             yield Chunk(X - self.center, weight)
 
-    def _set_totals(self, weighted_sum: torch.Tensor, total: torch.Tensor) -> None:
+    def _set_totals(self, weighted_sum: torch.Tensor, total: torch.Tensor,
+                    n_samples: int) -> None:
+        count = torch.tensor(float(n_samples), dtype=torch.float64, device=weighted_sum.device)
+        if self._reduce is not None:
+            weighted_sum, total, count = self._reduce(
+                [weighted_sum.double(), total.double(), count])
+        self.total_samples = int(count)
+        if self.total_samples == 0:  # every shard of a distributed fit was empty
+            raise ValueError("X is empty on every process: no process holds a sample")
         self.total_weight = float(total)
         if self.total_weight <= 0:
             raise ValueError(
@@ -142,10 +158,10 @@ class SampleSource:
             chunk_sum, chunk_total = _weighted_sum_and_total(X, weight)
             weighted_sum += chunk_sum.double()
             total += chunk_total.double()
-        if n_samples == 0:
+        if n_samples == 0 and self._reduce is None:
             raise ValueError("X is empty: the chunks hold no samples")
         self.n_samples = n_samples
-        self._set_totals(weighted_sum, total)
+        self._set_totals(weighted_sum, total, n_samples)
 
     def _raw_chunks(self, *, validate: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         weights = iter(self._chunk_weights) if self._chunk_weights is not None else None

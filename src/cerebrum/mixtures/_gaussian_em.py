@@ -1,9 +1,11 @@
 """Expectation-maximisation for Gaussian mixtures as "accumulate statistics, then update".
 
 `chunk_statistics` runs the E step on one chunk and returns weighted sufficient statistics;
-statistics add across chunks (and, later, across processes); `m_step` turns their sum into new
-parameters. The loop in `run_em` is therefore the same for data in memory and data streamed from
-disk, and a chunked fit equals an in-memory fit up to floating-point summation order.
+statistics add across chunks and across processes (`GaussianStats.map_sums`); `m_step` turns
+their sum into new parameters. The EM loop (`_fit_loop.run_em`, driven by GaussianMixture's and
+HiddenMarkov's hooks) is therefore the same for data in memory, data streamed from disk and data
+spread over processes, and a chunked fit equals an in-memory fit up to floating-point summation
+order.
 
 How the statistics are formed, per covariance type:
 - diag / spherical, well-conditioned (the usual case): raw moments of the (centred) data, from
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -73,6 +74,14 @@ class GaussianStats:
     first: torch.Tensor
     second: torch.Tensor
     log_likelihood: torch.Tensor
+
+    def map_sums(self, fn) -> GaussianStats:
+        """A copy whose additive tensors (all but `ref`) went through `fn(list) -> list`: the
+        seam where a distributed fit all-reduces them."""
+        resp_sum, first, second, log_likelihood = fn(
+            [self.resp_sum, self.first, self.second, self.log_likelihood]
+        )
+        return GaussianStats(self.ref, resp_sum, first, second, log_likelihood)
 
     def __add__(self, other: GaussianStats) -> GaussianStats:
         return GaussianStats(
@@ -337,8 +346,11 @@ def accumulate(
     return total
 
 
-def lowest_scoring_samples(source: SampleSource, score_fn, n_samples: int) -> torch.Tensor:
-    """The `n_samples` samples (n, D) with the lowest `score_fn(chunk) -> (N,)` over the source."""
+def lowest_scoring_samples(source: SampleSource, score_fn, n_samples: int,
+                           gather=None) -> torch.Tensor:
+    """The `n_samples` samples (n, D) with the lowest `score_fn(chunk) -> (N,)` over the source;
+    over all processes of a distributed fit with `gather(scores, rows, n) -> (scores, rows)`
+    (`distributed.Communicator.gather_lowest`)."""
     best_scores, best_rows = None, None
     for chunk in source:
         scores = score_fn(chunk)
@@ -349,16 +361,18 @@ def lowest_scoring_samples(source: SampleSource, score_fn, n_samples: int) -> to
             keep = torch.topk(scores, min(n_samples, len(scores)), largest=False).indices
             scores, rows = scores[keep], rows[keep]
         best_scores, best_rows = scores, rows
+    if gather is not None:
+        _, best_rows = gather(best_scores, best_rows, n_samples)
     return best_rows
 
 
-def worst_explained(source, covariance_type, params, n_samples):
+def worst_explained(source, covariance_type, params, n_samples, gather=None):
     """The samples with the lowest log-likelihood under `params` (for re-seeding)."""
     def score(chunk):
         log_prob, _ = weighted_log_prob_t(chunk, params, covariance_type, expanded=False)
         return torch.logsumexp(log_prob, 0)
 
-    return lowest_scoring_samples(source, score, n_samples)
+    return lowest_scoring_samples(source, score, n_samples, gather)
 
 
 def m_step(
@@ -419,69 +433,3 @@ def _reseed_dead(dead, reseed_points, weights, means, covariances, covariance_ty
     weights = weights.clone()
     weights[dead] = 1.0 / max(total_weight, 1.0)
     return weights / weights.sum(), means, covariances
-
-
-@dataclass
-class EMResult:
-    params: GaussianParams
-    converged: bool
-    n_iter: int
-    lower_bounds: list[float]
-
-    @property
-    def lower_bound(self) -> float:
-        return self.lower_bounds[-1] if self.lower_bounds else -math.inf
-
-
-def run_em(
-    source: SampleSource,
-    params: GaussianParams,
-    covariance_type: str,
-    *,
-    max_iter: int,
-    tol: float,
-    reg_covar: float,
-    progress=None,
-) -> EMResult:
-    """EM from `params` until the mean log-likelihood changes by less than `tol`.
-
-    As in scikit-learn, the lower bound of an iteration is the mean log-likelihood computed in its
-    E step, i.e. of the parameters before that iteration's M step.
-    """
-    with torch.inference_mode():  # no autograd bookkeeping: about 5% faster on CPU
-        return _em_loop(source, params, covariance_type, max_iter, tol, reg_covar, progress)
-
-
-def _em_loop(source, params, covariance_type, max_iter, tol, reg_covar, progress) -> EMResult:
-    lower_bounds: list[float] = []
-    previous = -math.inf
-    n_components = len(params.means)
-    for n_iter in range(1, max_iter + 1):
-        expanded = expanded_form_is_accurate(params, covariance_type)
-        if n_iter == max_iter and needs_accurate_final_step(params, covariance_type):
-            expanded = False
-        stats = accumulate(source, covariance_type, n_components, params=params, expanded=expanded)
-        lower_bound = float(stats.log_likelihood) / source.total_weight
-        converging = abs(lower_bound - previous) < tol
-        if converging and expanded and needs_accurate_final_step(params, covariance_type):
-            # The last M step decides the returned parameters: take it from residuals.
-            stats = accumulate(source, covariance_type, n_components, params=params,
-                               expanded=False)
-            lower_bound = float(stats.log_likelihood) / source.total_weight
-        if not math.isfinite(lower_bound):
-            raise FloatingPointError(
-                f"EM produced a non-finite log-likelihood at iteration {n_iter}; the data may be "
-                "degenerate for this covariance type: increase reg_covar or use float64"
-            )
-        params = m_step(
-            stats, covariance_type, reg_covar, source.total_weight,
-            reseed_points=partial(worst_explained, source, covariance_type, params),
-        )
-        lower_bounds.append(lower_bound)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(lower_bound=f"{lower_bound:.5g}")
-        if converging:
-            return EMResult(params, True, n_iter, lower_bounds)
-        previous = lower_bound
-    return EMResult(params, False, max_iter, lower_bounds)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cerebrum._util.validation import (
     COVARIANCE_TYPES,
@@ -29,7 +29,6 @@ from cerebrum._util.validation import (
     check_fit_settings,
     check_fitted,
     check_parameter_memory,
-    check_positive_definite,
     check_positive_int,
     check_samples,
     check_score_weights,
@@ -37,15 +36,34 @@ from cerebrum._util.validation import (
     to_numeric_tensor,
     warn_if_unfitted,
 )
-from cerebrum.exceptions import ConvergenceWarning
 from cerebrum.mixtures._data import SampleSource
+from cerebrum.mixtures._fit_loop import (
+    EMHooks,
+    FitResult,
+    fit_with_restarts,
+    record_fit,
+    run_adam,
+)
 from cerebrum.mixtures._gaussian_em import (
-    EMResult,
     GaussianParams,
+    GaussianStats,
     accumulate,
+    expanded_form_is_accurate,
     lowest_scoring_samples,
     m_step,
-    run_em,
+    needs_accurate_final_step,
+    worst_explained,
+)
+from cerebrum.mixtures._param_checks import (
+    check_covariances,
+    check_probabilities,
+    rounding_tolerance,
+)
+from cerebrum.mixtures.distributed import (
+    Communicator,
+    RowSample,
+    communicator,
+    empty_shard_as_rows,
 )
 from cerebrum.mixtures.gaussian_math import (
     colour_noise,
@@ -333,6 +351,7 @@ class GaussianMixture(nn.Module):
         lr: float = 0.05,
         epochs: int | None = None,
         verbose: bool = False,
+        distributed: bool | None = None,
     ) -> GaussianMixture:
         """Fit the mixture to X and return self.
 
@@ -354,6 +373,11 @@ class GaussianMixture(nn.Module):
             random_state: None, an int seed or a torch.Generator.
             lr, epochs: Adam's learning rate and number of passes for method="gradient".
             verbose: show a progress bar.
+            distributed: fit the data of all processes of the torch.distributed process group
+                together, each passing its own shard as X (possibly empty); every process ends
+                with the same parameters (see docs/gaussian-mixture.md). None (the default)
+                does so whenever a group of several processes is initialised; False fits this
+                process's X alone. EM only.
 
         A failed fit raises and leaves the previous parameters untouched.
         """
@@ -369,54 +393,54 @@ class GaussianMixture(nn.Module):
                 UserWarning, stacklevel=2,
             )
         n_steps = max_iter if epochs is None else check_positive_int(epochs, name="epochs")
+        comm = communicator(distributed)
+        if comm is not None:
+            if method != "em":
+                raise ValueError(
+                    f"a distributed fit supports method='em' only, got method={method!r}"
+                )
+            X = empty_shard_as_rows(X, self.n_features)
 
         source = SampleSource(
             X, sample_weight, n_features=self.n_features, dtype=self.means.dtype,
             device=self.means.device, owner=f"this {type(self).__name__}",
+            reduce=None if comm is None else comm.all_reduce_sum,
         )
-        if source.n_samples < self.n_components:
+        if source.total_samples < self.n_components:
+            everywhere = "" if comm is None else " (over all processes)"
             raise ValueError(
-                f"X has {source.n_samples} samples, but n_components={self.n_components} needs "
-                f"at least {self.n_components}"
+                f"X has {source.total_samples} samples{everywhere}, but "
+                f"n_components={self.n_components} needs at least {self.n_components}"
             )
         generator = make_generator(random_state, self.means.device)
-        n_runs = 1 if init == "current" else n_init
-        best: EMResult | None = None
-        with tqdm(total=n_steps * n_runs, disable=not verbose, desc=f"{method} fit") as bar:
-            for _ in range(n_runs):
-                with torch.inference_mode():
-                    start = self._initial_params(source, init, generator, reg_covar)
-                if method == "em":
-                    result = run_em(
-                        source, start, self.covariance_type, max_iter=n_steps, tol=tol,
-                        reg_covar=reg_covar, progress=bar if verbose else None,
-                    )
-                else:
-                    result = self._run_gradient(
-                        source, start, n_steps, lr, tol, reg_covar, bar if verbose else None
-                    )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best = result
-
-        if not best.converged:
-            warnings.warn(
-                f"{type(self).__name__} did not converge in {best.n_iter} iterations "
-                f"(tol={tol}); try a larger max_iter, a larger tol or another init",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        if comm is not None:  # every rank draws what rank 0 draws
+            comm.synchronise(generator)
+        hooks = _MixtureEM(self, source, init, reg_covar, comm)
+        gradient = None
+        if method == "gradient":
+            gradient = partial(self._run_gradient, source, epochs=n_steps, lr=lr, tol=tol,
+                               reg_covar=reg_covar)
+        best = fit_with_restarts(
+            hooks, generator, n_runs=1 if init == "current" else n_init, max_iter=n_steps,
+            tol=tol, gradient=gradient, reduce=None if comm is None else comm.reduce_stats,
+            owner=type(self).__name__, verbose=verbose, description=f"{method} fit",
+            stacklevel=2,
+        )
         params = best.params
         self._set_params(params.log_weights, params.means + source.center, params.prec_chol)
-        self.converged_ = best.converged
-        self.n_iter_ = best.n_iter
-        self.lower_bounds_ = list(best.lower_bounds)
-        self.lower_bound_ = best.lower_bound
+        record_fit(self, best)
         return self
 
     def _initial_params(
-        self, source: SampleSource, init: str, generator: torch.Generator, reg_covar: float
+        self, source: SampleSource, init: str, generator: torch.Generator, reg_covar: float,
+        comm: Communicator | None = None,
     ) -> GaussianParams:
-        """Starting parameters in the source's centred coordinates."""
+        """Starting parameters in the source's centred coordinates.
+
+        Distributed (`comm`): k-means++ seeds and random picks come from a sample gathered from
+        all ranks (`Communicator.gather_sample`), the same on every rank; Lloyd steps and the
+        statistics of the first M step cover all the data, summed over the ranks.
+        """
         K, kind = self.n_components, self.covariance_type
         if init == "current":
             with torch.no_grad():
@@ -425,24 +449,30 @@ class GaussianMixture(nn.Module):
                     self.means - source.center,
                     self._precision_cholesky().clone(),
                 )
+        # where seeds and re-seeding points are picked from: the data, or the gathered sample
+        pool = source if comm is None else comm.gather_sample(source, generator)
+        reduce = None if comm is None else comm.all_reduce_sum
+        gather = None if comm is None else comm.gather_lowest
         reference = None  # scatter about the centre for random responsibilities
         if init == "random":
+            local = generator if comm is None else comm.local_generator(generator)
+
             def resp_fn(chunk):
                 resp = torch.rand(
-                    K, chunk.n_samples, generator=generator, dtype=chunk.X.dtype,
+                    K, chunk.n_samples, generator=local, dtype=chunk.X.dtype,
                     device=chunk.X.device,
                 )
                 return resp / resp.sum(0, keepdim=True)
 
             def reseed_points(n):
-                return _distinct_rows(source, n, generator)
+                return _distinct_rows(pool, n, generator)
         else:
             if init == "random_from_data":
-                centers = _distinct_rows(source, K, generator)
+                centers = _distinct_rows(pool, K, generator)
             else:
-                centers = kmeans_plusplus(source, K, generator)
+                centers = kmeans_plusplus(pool, K, generator)
                 steps = KMEANS_PLUSPLUS_LLOYD_STEPS if init == "kmeans++" else KMEANS_MAX_ITER
-                centers = lloyd(source, centers, steps)
+                centers = lloyd(source, centers, steps, reduce=reduce)
 
             # The scatter is taken about the centres: about the origin it would cancel in
             # float32 for clusters far apart compared with their spread.
@@ -454,61 +484,90 @@ class GaussianMixture(nn.Module):
 
             def reseed_points(n):  # the samples farthest from every centre
                 return lowest_scoring_samples(
-                    source, lambda chunk: -squared_distances(chunk.X, centers).amin(1), n
+                    source, lambda chunk: -squared_distances(chunk.X, centers).amin(1), n,
+                    gather,
                 )
 
         stats = accumulate(source, kind, K, params=reference, resp_fn=resp_fn)
+        if comm is not None:
+            stats = comm.reduce_stats(stats)
         return m_step(stats, kind, reg_covar, source.total_weight, reseed_points)
 
     def _run_gradient(
-        self, source, start: GaussianParams, epochs, lr, tol, reg_covar, progress
-    ) -> EMResult:
-        """Maximum likelihood by Adam on unconstrained parameters, with the variance floor
-        `max(reg_covar, eps)` restored after every step (projected gradient)."""
+        self, source, start: GaussianParams, progress, *, epochs, lr, tol, reg_covar
+    ) -> FitResult:
+        """Maximum likelihood by Adam on unconstrained parameters, one step per chunk and
+        epoch, with the variance floor `max(reg_covar, eps)` restored after every step
+        (projected gradient)."""
         kind = self.covariance_type
         floor = max(reg_covar, torch.finfo(self.means.dtype).eps)
         logits = start.log_weights.detach().clone().requires_grad_(True)
         means = start.means.detach().clone().requires_grad_(True)
         raw = raw_from_precision_cholesky(start.prec_chol, kind).detach().requires_grad_(True)
-        optimizer = torch.optim.Adam([logits, means, raw], lr=lr)
-        history: list[float] = []
-        previous, converged, epoch = -math.inf, False, 0
-        with torch.enable_grad():
-            for epoch in range(1, epochs + 1):
-                total = 0.0
-                for chunk in source:
-                    weight = chunk.weights_or_ones()
-                    log_lik = torch.logsumexp(
-                        log_gaussian_prob(
-                            chunk.X, means, precision_cholesky_from_raw(raw, kind), kind
-                        ) + torch.log_softmax(logits, 0),
-                        dim=1,
-                    )
-                    weighted = weight @ log_lik
-                    optimizer.zero_grad(set_to_none=True)
-                    (-weighted / weight.sum().clamp_min(1e-12)).backward()
-                    optimizer.step()
-                    _project_variance_floor(raw, kind, floor)
-                    total += float(weighted.detach())
-                lower_bound = total / source.total_weight
-                if not math.isfinite(lower_bound):
-                    raise FloatingPointError(
-                        f"gradient fit diverged at epoch {epoch}: lower the learning rate lr"
-                    )
-                history.append(lower_bound)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(lower_bound=f"{lower_bound:.5g}")
-                if abs(lower_bound - previous) < tol:
-                    converged = True
-                    break
-                previous = lower_bound
-        with torch.no_grad():
-            params = GaussianParams(
+
+        def terms():  # per chunk: the loss of one step, and its weighted log-likelihood
+            for chunk in source:
+                weight = chunk.weights_or_ones()
+                log_lik = torch.logsumexp(
+                    log_gaussian_prob(chunk.X, means, precision_cholesky_from_raw(raw, kind), kind)
+                    + torch.log_softmax(logits, 0),
+                    dim=1,
+                )
+                weighted = weight @ log_lik
+                yield -weighted / weight.sum().clamp_min(1e-12), weighted
+
+        def finish():
+            return GaussianParams(
                 torch.log_softmax(logits, 0), means.detach(),
                 precision_cholesky_from_raw(raw.detach(), kind),
             )
-        return EMResult(params, converged, epoch, history)
+
+        return run_adam(
+            [logits, means, raw], terms, finish, lr=lr, max_steps=epochs, tol=tol,
+            normaliser=source.total_weight,
+            project=partial(_project_variance_floor, raw, kind, floor), progress=progress,
+        )
+
+
+class _MixtureEM(EMHooks[GaussianParams, GaussianStats]):
+    """GaussianMixture's EM hooks: statistics summed over the row blocks of a `SampleSource`,
+    in its centred coordinates.
+
+    While iterating, the diagonal types use the expanded-square GEMM form where it is accurate
+    (`_gaussian_em`); the M step that decides the returned parameters takes its statistics from
+    residuals when that form's rounding would show in them.
+    """
+
+    def __init__(self, model: GaussianMixture, source: SampleSource, init: str,
+                 reg_covar: float, comm: Communicator | None = None):
+        self.model, self.source, self.init, self.reg_covar = model, source, init, reg_covar
+        self.kind = model.covariance_type
+        self.comm = comm
+
+    def initialise(self, generator: torch.Generator) -> GaussianParams:
+        return self.model._initial_params(self.source, self.init, generator, self.reg_covar,
+                                          self.comm)
+
+    def statistics(self, params: GaussianParams, *, final: bool) -> GaussianStats:
+        expanded = expanded_form_is_accurate(params, self.kind)
+        if final and needs_accurate_final_step(params, self.kind):
+            expanded = False
+        return accumulate(self.source, self.kind, len(params.means), params=params,
+                          expanded=expanded)
+
+    def refines_final_step(self, params: GaussianParams) -> bool:
+        return (expanded_form_is_accurate(params, self.kind)
+                and needs_accurate_final_step(params, self.kind))
+
+    def log_likelihood(self, stats: GaussianStats) -> float:
+        return float(stats.log_likelihood) / self.source.total_weight  # mean per sample
+
+    def m_step(self, params: GaussianParams, stats: GaussianStats) -> GaussianParams:
+        return m_step(
+            stats, self.kind, self.reg_covar, self.source.total_weight,
+            reseed_points=partial(worst_explained, self.source, self.kind, params,
+                                  gather=None if self.comm is None else self.comm.gather_lowest),
+        )
 
 
 def _project_variance_floor(raw: torch.Tensor, covariance_type: str, floor: float) -> None:
@@ -539,7 +598,7 @@ def _unit_precision_params(centers: torch.Tensor, covariance_type: str) -> Gauss
     return GaussianParams(centers.new_zeros(K), centers, prec_chol)
 
 
-def _distinct_rows(source: SampleSource, n_rows: int, generator: torch.Generator):
+def _distinct_rows(source: SampleSource | RowSample, n_rows: int, generator: torch.Generator):
     """`n_rows` distinct samples chosen uniformly at random, (n_rows, D)."""
     picks = torch.randperm(source.n_samples, generator=generator, device=source.device)[:n_rows]
     picks, order = picks.sort()
@@ -552,55 +611,18 @@ def _distinct_rows(source: SampleSource, n_rows: int, generator: torch.Generator
     return rows
 
 
-def rounding_tolerance(dtype: torch.dtype | None) -> float:
-    """How far below zero (relative to the largest) a covariance eigenvalue may be and still count
-    as positive definite for a model of `dtype`: the rounding of computing Sigma = U^-T U^-1 in
-    that precision, so what a model returns from `get_variances()` is always accepted back."""
-    return 100 * torch.finfo(dtype or torch.get_default_dtype()).eps
-
-
 def _check_params(weights, means, covariances, covariance_type, tolerance=0.0):
     """Validate `from_params` arguments in float64; return them as float64 tensors."""
-    as64 = {"dtype": torch.float64, "device": "cpu"}
-    means = to_numeric_tensor(means, name="means", **as64)
+    means = to_numeric_tensor(means, name="means", dtype=torch.float64, device="cpu")
     if means.ndim != 2 or means.shape[0] == 0 or means.shape[1] == 0:
         raise ValueError(
             f"means must be 2-D (n_components, n_features), got shape {tuple(means.shape)}"
         )
     check_finite(means, name="means")
     n_components, n_features = means.shape
-    weights = to_numeric_tensor(weights, name="weights", **as64)
-    if weights.shape != (n_components,):
-        raise ValueError(
-            f"weights must have shape ({n_components},) to match means, got "
-            f"{tuple(weights.shape)}"
-        )
-    check_finite(weights, name="weights")
-    if bool((weights < 0).any()):
-        raise ValueError(f"weights must be non-negative, got {weights.tolist()}")
-    if abs(float(weights.sum()) - 1.0) > 1e-6:
-        raise ValueError(f"weights must sum to 1, got {float(weights.sum()):.8g}")
-    weights = weights / weights.sum()
-
-    covariances = to_numeric_tensor(covariances, name="covariances", **as64)
-    expected = covariance_shape(covariance_type, n_components, n_features)
-    if tuple(covariances.shape) != expected:
-        raise ValueError(
-            f"covariances for covariance_type={covariance_type!r} must have shape {expected}, "
-            f"got {tuple(covariances.shape)}"
-        )
-    check_finite(covariances, name="covariances")
-    if covariance_type in ("diag", "spherical"):
-        if bool((covariances <= 0).any()):
-            raise ValueError(
-                f"covariances must be positive for covariance_type={covariance_type!r}, got "
-                f"a minimum of {float(covariances.min()):.6g}"
-            )
-        return weights, means, covariances
-    matrices = covariances.reshape(-1, n_features, n_features)
-    check_positive_definite(
-        matrices,
-        name=lambda i: "covariances" if covariance_type == "tied" else f"covariances[{i}]",
-        tolerance=tolerance,
+    weights = check_probabilities(weights, (n_components,), "weights", " to match means")
+    covariances = check_covariances(
+        covariances, covariance_type,
+        covariance_shape(covariance_type, n_components, n_features), tolerance,
     )
     return weights, means, covariances

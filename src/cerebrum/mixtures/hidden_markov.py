@@ -22,32 +22,36 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum._util.validation import (
     COVARIANCE_TYPES,
     check_choice,
-    check_finite,
     check_fit_settings,
     check_fitted,
     check_parameter_memory,
-    check_positive_definite,
     check_positive_int,
     make_generator,
-    to_numeric_tensor,
     warn_if_unfitted,
 )
 from cerebrum.exceptions import ConvergenceWarning
 from cerebrum.mixtures import _hmm_compiled as compiled
 from cerebrum.mixtures import hmm_inference as inference
 from cerebrum.mixtures._data import Chunk
+from cerebrum.mixtures._fit_loop import (
+    EMHooks,
+    FitResult,
+    deprecated_alias,
+    fit_with_restarts,
+    record_fit,
+    run_adam,
+)
 from cerebrum.mixtures._gaussian_em import (
     LN2,
     LOG2E,
@@ -61,11 +65,14 @@ from cerebrum.mixtures._gaussian_em import (
     needs_accurate_final_step,
     weighted_log_prob_t,
 )
-from cerebrum.mixtures.gaussian import (
-    GaussianMixture,
-    _project_variance_floor,
+from cerebrum.mixtures._param_checks import (
+    as_float64,
+    check_covariances,
+    check_probabilities,
     rounding_tolerance,
 )
+from cerebrum.mixtures.distributed import Communicator, communicator, is_empty_shard
+from cerebrum.mixtures.gaussian import GaussianMixture, _project_variance_floor
 from cerebrum.mixtures.gaussian_math import (
     colour_noise,
     covariance_from_precision_cholesky,
@@ -138,16 +145,21 @@ def _viterbi_paths(params: HMMParams, log_b, batch: SequenceBatch):
     return batch.unpad(paths), best
 
 
-@dataclass
-class FitResult:
-    params: HMMParams
-    converged: bool
-    n_iter: int
-    history: list[float]
+class HMMStats(NamedTuple):
+    """Summed E-step statistics: the emission statistics of the K flat components, expected
+    start-state counts (S,), expected transition counts (S, S) and the total log-likelihood."""
 
-    @property
-    def final(self) -> float:
-        return self.history[-1] if self.history else -math.inf
+    emission: GaussianStats
+    start_counts: torch.Tensor
+    transitions: torch.Tensor
+    log_likelihood: torch.Tensor
+
+    def map_sums(self, fn) -> HMMStats:
+        """A copy whose additive tensors went through `fn(list) -> list` (see GaussianStats)."""
+        e = self.emission
+        summed = fn([e.resp_sum, e.first, e.second, e.log_likelihood,
+                     self.start_counts, self.transitions, self.log_likelihood])
+        return HMMStats(GaussianStats(e.ref, *summed[:4]), *summed[4:])
 
 
 class HiddenMarkov(nn.Module):
@@ -164,9 +176,13 @@ class HiddenMarkov(nn.Module):
     Sequences may be given as a (B, T, D) array, a list of (T_i, D) arrays, or an (N, D) array
     with `lengths` (hmmlearn's convention; without `lengths` it is one sequence). Per-frame
     outputs (`predict`, `predict_proba`, `decode`'s states) are aligned with the frames in that
-    order. After `fit`: `converged_`, `n_iter_` and `history_` (total log-likelihood of the
-    training data at each iteration, before its update, as hmmlearn's monitor).
+    order. After `fit`: `converged_`, `n_iter_`, `lower_bounds_` (total log-likelihood of the
+    training data at each iteration, before its update, as hmmlearn's monitor) and
+    `lower_bound_` (its last value); GaussianMixture uses the same names. `history_` is a
+    deprecated alias of `lower_bounds_`.
     """
+
+    history_ = deprecated_alias("history_", "lower_bounds_")
 
     def __init__(
         self,
@@ -201,7 +217,8 @@ class HiddenMarkov(nn.Module):
         self.register_buffer("fitted_flag", torch.tensor(False, device=device))
         self.converged_: bool | None = None
         self.n_iter_: int | None = None
-        self.history_: list[float] = []
+        self.lower_bound_: float | None = None
+        self.lower_bounds_: list[float] = []
 
     def _raw_shape(self) -> tuple[int, ...]:
         S, M, D = self.n_components, self.n_mix, self.n_features
@@ -242,18 +259,20 @@ class HiddenMarkov(nn.Module):
         (S, M) spherical, each positive definite.
         """
         check_choice(covariance_type, COVARIANCE_TYPES, name="covariance_type")
-        means64 = _as_float64(means, "means")
+        means64 = as_float64(means, "means")
         if means64.ndim != 3 or 0 in means64.shape:
             raise ValueError(
                 "means must be 3-D (n_components, n_mix, n_features), got shape "
                 f"{tuple(means64.shape)}"
             )
         S, M, D = means64.shape
-        startprob64 = _check_stochastic(startprob, (S,), "startprob")
-        transmat64 = _check_stochastic(transmat, (S, S), "transmat")
-        weights64 = _check_stochastic(weights, (S, M), "weights")
-        covariances64 = _check_covariances(
-            covariances, covariance_type, S, M, D, rounding_tolerance(dtype)
+        startprob64 = check_probabilities(startprob, (S,), "startprob")
+        transmat64 = check_probabilities(transmat, (S, S), "transmat")
+        weights64 = check_probabilities(weights, (S, M), "weights")
+        expected = {"full": (S, M, D, D), "diag": (S, M, D), "tied": (S, D, D),
+                    "spherical": (S, M)}[covariance_type]
+        covariances64 = check_covariances(
+            covariances, covariance_type, expected, rounding_tolerance(dtype)
         )
         model = cls(S, D, M, covariance_type, dtype=dtype, device=device)
         prec_chol, _ = safe_precision_cholesky(covariances64, covariance_type, floor=1e-300)
@@ -541,6 +560,7 @@ class HiddenMarkov(nn.Module):
         *,
         lr: float = 0.05,
         verbose: bool = False,
+        distributed: bool | None = None,
     ) -> HiddenMarkov:
         """Fit the model to sequences and return self.
 
@@ -562,6 +582,11 @@ class HiddenMarkov(nn.Module):
             random_state: None, an int seed or a torch.Generator.
             lr: Adam's learning rate for method="gradient".
             verbose: show a progress bar.
+            distributed: fit the sequences of all processes of the torch.distributed process
+                group together, each passing its own whole sequences (possibly none); every
+                process ends with the same parameters (see docs/hidden-markov.md). None (the
+                default) does so whenever a group of several processes is initialised; False
+                fits this process's sequences alone. EM only.
 
         A failed fit raises and leaves the previous parameters untouched.
         """
@@ -572,56 +597,53 @@ class HiddenMarkov(nn.Module):
         params = _check_letters(params, "params")
         init_params = _check_letters(init_params, "init_params")
 
-        batch = self._sequences(X, lengths)
-        if batch.n_frames < self.n_components:
+        comm = communicator(distributed)
+        if comm is not None and method != "em":
+            raise ValueError(f"a distributed fit supports method='em' only, got method={method!r}")
+        # a rank of a distributed fit may hold no sequences: batch None, no frames
+        batch = None if comm is not None and is_empty_shard(X) else self._sequences(X, lengths)
+        frames = (batch.X if batch is not None else
+                  torch.zeros(0, self.n_features, dtype=self.means.dtype, device=self.means.device))
+        n_frames = len(frames) if comm is None else comm.sum_int(len(frames))
+        if n_frames < self.n_components:
+            everywhere = "" if comm is None else " (over all processes)"
             raise ValueError(
-                f"X has {batch.n_frames} frames, but n_components={self.n_components} needs at "
-                f"least {self.n_components}"
+                f"X has {n_frames} frames{everywhere}, but n_components={self.n_components} "
+                f"needs at least {self.n_components}"
             )
         if init == "current" or not init_params:
             check_fitted(self)
-        centre = batch.X.mean(0)
-        centred = Chunk(batch.X - centre, None)
+        if comm is None:
+            centre = frames.mean(0)
+        else:
+            centre = comm.all_reduce_sum([frames.sum(0)])[0] / n_frames
+        centred = Chunk(frames - centre, None)
         generator = make_generator(random_state, self.means.device)
-        n_runs = 1 if init == "current" else n_init
-        best: FitResult | None = None
-        with tqdm(total=max_iter * n_runs, disable=not verbose, desc=f"HMM {method}") as bar:
-            for _ in range(n_runs):
-                with torch.inference_mode():
-                    start = self._initial_params(
-                        batch, centred, centre, init, init_params, generator, reg_covar
-                    )
-                if method == "em":
-                    with torch.inference_mode():
-                        result = self._run_em(
-                            batch, centred, start, max_iter, tol, reg_covar, params,
-                            bar if verbose else None,
-                        )
-                else:
-                    result = self._run_gradient(
-                        batch, centred, start, max_iter, tol, lr, reg_covar, params,
-                        bar if verbose else None,
-                    )
-                if best is None or result.final > best.final:
-                    best = result
-        if not best.converged:
-            warnings.warn(
-                f"{type(self).__name__} did not converge in {best.n_iter} iterations "
-                f"(tol={tol}); try a larger max_iter, a larger tol or another init",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        if comm is not None:  # every rank draws what rank 0 draws
+            comm.synchronise(generator)
+        hooks = _SequenceEM(self, batch, centred, centre, init, init_params, params, reg_covar,
+                            n_frames, comm)
+        gradient = None
+        if method == "gradient":
+            gradient = partial(self._run_gradient, batch, centred, steps=max_iter, tol=tol,
+                               lr=lr, reg_covar=reg_covar, letters=params)
+        best = fit_with_restarts(
+            hooks, generator, n_runs=1 if init == "current" else n_init, max_iter=max_iter,
+            tol=tol, gradient=gradient, reduce=None if comm is None else comm.reduce_stats,
+            owner=type(self).__name__, verbose=verbose, description=f"HMM {method}",
+            stacklevel=2,
+        )
         self._store(best.params, centre)
-        self.converged_ = best.converged
-        self.n_iter_ = best.n_iter
-        self.history_ = list(best.history)
+        record_fit(self, best)
         return self
 
     # ------------------------------------------------------------------ initialisation
 
-    def _initial_params(self, batch, centred, centre, init, init_params, generator, reg_covar):
+    def _initial_params(self, batch, centred, centre, init, init_params, generator, reg_covar,
+                        comm: Communicator | None = None):
         """Starting parameters in fitting form: the current ones, with the letters of
-        `init_params` replaced (unless init="current")."""
+        `init_params` replaced (unless init="current"). Distributed (`comm`), the seed mixture
+        is fitted on all ranks' frames together and the label counts are summed."""
         current = self._current_params(centre)
         if init == "current" or not init_params:
             return current
@@ -635,10 +657,19 @@ class HiddenMarkov(nn.Module):
             seed.fit(
                 centred.X, init=init, max_iter=SEED_MIXTURE_ITERATIONS,
                 reg_covar=max(reg_covar, 1e-6), random_state=generator,
+                distributed=comm is not None,
             )
         log_start, log_trans = current.log_start, current.log_trans
         if "s" in init_params or "t" in init_params:
-            start_counts, transition_counts = _label_counts(seed.predict(centred.X), batch, S)
+            if batch is None:  # an empty shard counts nothing
+                start_counts = centred.X.new_zeros(S)
+                transition_counts = centred.X.new_zeros(S, S)
+            else:
+                start_counts, transition_counts = _label_counts(
+                    seed.predict(centred.X), batch, S)
+            if comm is not None:
+                start_counts, transition_counts = comm.all_reduce_sum(
+                    [start_counts, transition_counts])
             if "s" in init_params:
                 log_start = (start_counts + 1).log() - (start_counts + 1).sum().log()
             if "t" in init_params:
@@ -690,65 +721,14 @@ class HiddenMarkov(nn.Module):
             stats = part if stats is None else stats + part
             start = stop
         start_counts = gamma[:, batch.first_frames].sum(1)
-        return stats, start_counts, result.transitions, float(result.log_likelihood.sum())
+        return HMMStats(stats, start_counts, result.transitions, result.log_likelihood.sum())
 
-    def _run_em(self, batch, centred, params, max_iter, tol, reg_covar, letters, progress):
-        history: list[float] = []
-        for n_iter in range(1, max_iter + 1):
-            # As in _gaussian_em: the expanded form while iterating, residuals for the M step
-            # that decides the returned parameters.
-            expanded = expanded_form_is_accurate(params.emission, self._flat_type)
-            polish = needs_accurate_final_step(params.emission, self._flat_type)
-            if n_iter == max_iter and polish:
-                expanded = False
-            stats, start_counts, transitions, log_lik = self._expectations(
-                batch, centred, params, expanded
-            )
-            converging = len(history) >= 1 and abs(log_lik - history[-1]) < tol
-            if converging and expanded and polish:
-                stats, start_counts, transitions, log_lik = self._expectations(
-                    batch, centred, params, False
-                )
-            if not math.isfinite(log_lik):
-                raise FloatingPointError(
-                    f"EM produced a non-finite log-likelihood at iteration {n_iter}; the data may "
-                    "be degenerate for this covariance type: increase reg_covar or use float64"
-                )
-            # the expanded form's rounding, summed over the frames, is part of the noise
-            noise = 10 * batch.n_frames * expanded_form_error(params.emission, self._flat_type)
-            self._warn_if_decreasing(history, log_lik, noise if expanded else 0.0)
-            history.append(log_lik)
-            params = self._m_step(
-                params, stats, start_counts, transitions, reg_covar, letters, batch.n_frames
-            )
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(log_likelihood=f"{log_lik:.6g}")
-            # |change| rather than hmmlearn's signed change: a rounding-level dip must not stop
-            # a tol=0 run early (it always runs max_iter iterations); a real drop warns above.
-            if converging:
-                return FitResult(params, True, n_iter, history)
-        return FitResult(params, False, max_iter, history)
-
-    def _warn_if_decreasing(self, history: list[float], log_lik: float,
-                            noise: float = 0.0) -> None:
-        """EM never lowers the likelihood: a drop beyond rounding (and `noise`, the known
-        rounding level of the E step) means trouble (degenerate components, too little
-        precision)."""
-        if not history:
-            return
-        slack = 1e3 * torch.finfo(self.means.dtype).eps * max(abs(log_lik), 1.0) + noise
-        if log_lik < history[-1] - slack:
-            warnings.warn(
-                f"EM lowered the log-likelihood from {history[-1]:.8g} to {log_lik:.8g}; the "
-                "model may be degenerate (increase reg_covar) or need float64",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
-
-    def _m_step(self, previous, stats: GaussianStats, start_counts, transitions, reg_covar,
-                letters, n_frames) -> HMMParams:
+    def _m_step(self, previous: HMMParams, stats: HMMStats, reg_covar, letters,
+                n_frames) -> HMMParams:
+        """New parameters from summed statistics, for the letters of `letters` (a state never
+        left keeps its transition row)."""
         log_start, log_trans = previous.log_start, previous.log_trans
+        start_counts, transitions = stats.start_counts, stats.transitions
         if "s" in letters:
             log_start = (start_counts / start_counts.sum()).log()
         if "t" in letters:
@@ -756,14 +736,15 @@ class HiddenMarkov(nn.Module):
             updated = (transitions / row_sums).log()
             log_trans = torch.where(row_sums > 0, updated, log_trans)  # unvisited: keep
         emission = _emission_m_step(
-            previous.emission, stats, self.n_components, self.n_mix, self.covariance_type,
+            previous.emission, stats.emission, self.n_components, self.n_mix, self.covariance_type,
             reg_covar, letters, n_frames,
         )
         return HMMParams(log_start, log_trans, emission)
 
     # ------------------------------------------------------------------ gradient
 
-    def _run_gradient(self, batch, centred, start, steps, tol, lr, reg_covar, letters, progress):
+    def _run_gradient(self, batch, centred, start, progress, *, steps, tol, lr, reg_covar,
+                      letters) -> FitResult:
         """Maximum likelihood by Adam on the log-space forward algorithm (seed 000's MLE),
         full batch, with the variance floor restored after every step."""
         S, M, D = self.n_components, self.n_mix, self.n_features
@@ -784,7 +765,6 @@ class HiddenMarkov(nn.Module):
                      if p.requires_grad]
         if not trainable:
             raise ValueError("params selects nothing to train: give at least one of 'stmcw'")
-        optimizer = torch.optim.Adam(trainable, lr=lr)
 
         def current():
             return HMMParams(
@@ -795,38 +775,83 @@ class HiddenMarkov(nn.Module):
                 ),
             )
 
-        history: list[float] = []
-        converged, step = False, 0
-        with torch.enable_grad():
-            for step in range(1, steps + 1):
-                params = current()
-                log_lik = _log_likelihood_differentiable(
-                    params, centred.X, batch, S, M, self._flat_type
-                ).sum()
-                optimizer.zero_grad(set_to_none=True)
-                (-log_lik / batch.n_frames).backward()
-                optimizer.step()
-                if "c" in letters:
-                    _project_variance_floor(raw, kind, floor)
-                value = float(log_lik.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"gradient fit diverged at step {step}: lower the learning rate lr"
-                    )
-                history.append(value)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(log_likelihood=f"{value:.6g}")
-                if len(history) >= 2 and abs(history[-1] - history[-2]) < tol:
-                    converged = True
-                    break
-        with torch.no_grad():
+        def terms():  # full batch: one step per epoch on the mean log-likelihood per frame
+            log_lik = _log_likelihood_differentiable(
+                current(), centred.X, batch, S, M, self._flat_type
+            ).sum()
+            yield -log_lik / batch.n_frames, log_lik
+
+        def finish():
             final = current()
-            final = HMMParams(
+            return HMMParams(
                 final.log_start.detach(), final.log_trans.detach(),
                 GaussianParams(*(t.detach() for t in final.emission)),
             )
-        return FitResult(final, converged, step, history)
+
+        project = partial(_project_variance_floor, raw, kind, floor) if "c" in letters else None
+        return run_adam(trainable, terms, finish, lr=lr, max_steps=steps, tol=tol,
+                        normaliser=1.0, project=project, unit="step", progress=progress)
+
+
+class _SequenceEM(EMHooks[HMMParams, HMMStats]):
+    """HiddenMarkov's EM hooks (Baum-Welch): forward-backward over the batch of sequences for
+    the state posteriors, then GaussianMixture's emission statistics under them.
+
+    As for GaussianMixture, the diagonal types iterate on the expanded-square form where it is
+    accurate and take the M step that decides the returned parameters from residuals.
+    """
+
+    def __init__(self, model: HiddenMarkov, batch: SequenceBatch | None, centred: Chunk,
+                 centre: torch.Tensor, init: str, init_params: str, letters: str,
+                 reg_covar: float, n_frames: int, comm: Communicator | None = None):
+        self.model, self.batch, self.centred, self.centre = model, batch, centred, centre
+        self.init, self.init_params, self.letters = init, init_params, letters
+        self.reg_covar, self.comm = reg_covar, comm
+        self.n_frames = n_frames  # of all processes
+        self.kind = model._flat_type
+
+    def initialise(self, generator: torch.Generator) -> HMMParams:
+        return self.model._initial_params(self.batch, self.centred, self.centre, self.init,
+                                          self.init_params, generator, self.reg_covar,
+                                          self.comm)
+
+    def _expanded(self, params: HMMParams, final: bool) -> bool:
+        if final and needs_accurate_final_step(params.emission, self.kind):
+            return False
+        return expanded_form_is_accurate(params.emission, self.kind)
+
+    def statistics(self, params: HMMParams, *, final: bool) -> HMMStats:
+        expanded = self._expanded(params, final)
+        if self.batch is None:  # an empty shard: zeros of the shapes the other ranks sum
+            return self._no_statistics(params, expanded)
+        return self.model._expectations(self.batch, self.centred, params, expanded)
+
+    def _no_statistics(self, params: HMMParams, expanded: bool) -> HMMStats:
+        """Zero statistics about the reference point the other ranks use (it follows
+        `expanded`), so that their sums mean the same on every rank."""
+        X = self.centred.X
+        K, S = len(params.emission.means), self.model.n_components
+        emission = chunk_statistics(self.centred, self.kind, params=params.emission,
+                                    resp=X.new_zeros(K, 0), expanded=expanded)
+        return HMMStats(emission, X.new_zeros(S), X.new_zeros(S, S), X.new_zeros(()))
+
+    def refines_final_step(self, params: HMMParams) -> bool:
+        return (expanded_form_is_accurate(params.emission, self.kind)
+                and needs_accurate_final_step(params.emission, self.kind))
+
+    def log_likelihood(self, stats: HMMStats) -> float:
+        return float(stats.log_likelihood)  # the total over sequences, as hmmlearn
+
+    def m_step(self, params: HMMParams, stats: HMMStats) -> HMMParams:
+        return self.model._m_step(params, stats, self.reg_covar, self.letters, self.n_frames)
+
+    def decrease_slack(self, params: HMMParams, value: float, *, final: bool) -> float:
+        """Rounding of the total, plus that of the expanded form summed over the frames when
+        this iteration's E step used it."""
+        slack = 1e3 * torch.finfo(self.model.means.dtype).eps * max(abs(value), 1.0)
+        if self._expanded(params, final):
+            slack += 10 * self.n_frames * expanded_form_error(params.emission, self.kind)
+        return slack
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -916,46 +941,3 @@ def _check_letters(value, name: str) -> str:
             f"{name} may only contain the letters 's', 't', 'm', 'c', 'w'; got {unknown}"
         )
     return value
-
-
-def _as_float64(value, name: str) -> torch.Tensor:
-    tensor = to_numeric_tensor(value, name=name, dtype=torch.float64, device="cpu")
-    check_finite(tensor, name=name)
-    return tensor
-
-
-def _check_stochastic(value, shape: tuple[int, ...], name: str) -> torch.Tensor:
-    """Probabilities of the given shape, non-negative, each row summing to 1 (within 1e-6)."""
-    tensor = _as_float64(value, name)
-    if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
-    if bool((tensor < 0).any()):
-        raise ValueError(f"{name} must be non-negative, got a minimum of {float(tensor.min()):.6g}")
-    sums = tensor.sum(-1)
-    bad = (sums - 1).abs() > 1e-6
-    if bool(bad.any()):
-        where = "" if tensor.ndim == 1 else f" (row {int(bad.nonzero()[0, 0])})"
-        worst = float(sums.flatten()[bad.flatten()][0])
-        raise ValueError(f"{name} must sum to 1 along its last axis, got {worst:.8g}{where}")
-    return tensor / sums.unsqueeze(-1)
-
-
-def _check_covariances(value, covariance_type, S, M, D, tolerance=0.0) -> torch.Tensor:
-    tensor = _as_float64(value, "covariances")
-    expected = {"full": (S, M, D, D), "diag": (S, M, D), "tied": (S, D, D),
-                "spherical": (S, M)}[covariance_type]
-    if tuple(tensor.shape) != expected:
-        raise ValueError(
-            f"covariances for covariance_type={covariance_type!r} must have shape {expected}, "
-            f"got {tuple(tensor.shape)}"
-        )
-    if covariance_type in ("diag", "spherical"):
-        if bool((tensor <= 0).any()):
-            raise ValueError(
-                f"covariances must be positive, got a minimum of {float(tensor.min()):.6g}"
-            )
-        return tensor
-    check_positive_definite(
-        tensor.reshape(-1, D, D), name=lambda i: f"covariances matrix {i}", tolerance=tolerance
-    )
-    return tensor

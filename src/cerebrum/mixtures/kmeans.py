@@ -90,12 +90,14 @@ def kmeans_plusplus(
 
 
 def lloyd(
-    source: SampleSource, centers: torch.Tensor, max_iter: int, tol: float = 1e-4
+    source: SampleSource, centers: torch.Tensor, max_iter: int, tol: float = 1e-4,
+    reduce=None,
 ) -> torch.Tensor:
     """Weighted Lloyd iterations from `centers`; stops when the centres move by less than
     `tol` times the mean per-feature variance of the data (scikit-learn's criterion).
 
-    A centre that loses all its samples stays where it was.
+    A centre that loses all its samples stays where it was. `reduce(list of tensors)` sums
+    each pass's totals over the processes of a distributed fit.
     """
     n_clusters = centers.shape[0]
     threshold = None
@@ -112,6 +114,8 @@ def lloyd(
             counts += one_hot.sum(0)
             if threshold is None:  # the data are centred, so this is the total variance
                 spread += (chunk.weights_or_ones() @ chunk.X.square()).sum().double()
+        if reduce is not None:
+            sums, counts, spread = reduce([sums, counts, spread])
         if threshold is None:
             threshold = tol * float(spread) / (source.total_weight * source.n_features)
         safe_counts = counts.clamp_min(torch.finfo(counts.dtype).tiny).unsqueeze(1)
