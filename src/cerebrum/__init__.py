@@ -32,11 +32,11 @@ __all__ = [
     "Cerebrum",
     "CerebrumFileError",
     "ConvergenceWarning",
-    "NotFittedWarning",
     "GaussianMixture",
     "HiddenMarkov",
     "MMMan",
     "NotFittedError",
+    "NotFittedWarning",
     "__version__",
 ]
 

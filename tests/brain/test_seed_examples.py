@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from cerebrum import (
     MMM,
     Cerebrum,
-    GaussianMixture,
     HiddenMarkov,
     MMMan,
     NotFittedError,
@@ -327,7 +326,7 @@ def test_seed001_example4_reconstruction_loss_classification():
             torch.manual_seed(0)
             # --- seed 001, example 4
             losses = {
-                model_id: F.mse_loss(mmm.models[model_id](input_sequence)['reconstruction'], input_sequence).item()
+                model_id: F.mse_loss(mmm.models[model_id](input_sequence)['reconstruction'], input_sequence).item()  # noqa: E501
                 for model_id in mmm.models
             }
             predicted = min(losses, key=losses.get)
@@ -337,9 +336,9 @@ def test_seed001_example4_reconstruction_loss_classification():
 
 
 def test_manager_entries_have_no_forward(data):
-    X_gmm, _, seq_data = data
+    X_gmm = data[0]
     mmm = MMM()
     mmm.fit_and_add(X_gmm, model_type='gmm', n_components=2, model_id='g', random_state=0)
-    with pytest.raises(TypeError, match="holds gmm models, which have no forward pass.*"
-                                        "classify"):
+    with pytest.raises(TypeError, match=r"holds gmm models, which have no forward pass.*"
+                                        r"classify"):
         mmm.models['g'](torch.as_tensor(X_gmm))

@@ -69,9 +69,9 @@ def test_latin1_tokenizers_saved_before_the_standard_scheme_still_work():
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator([t.encode().decode("latin-1") for t in TEXTS], trainer=trainers.BpeTrainer(
-        vocab_size=297, min_frequency=1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    trainer = trainers.BpeTrainer(vocab_size=297, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([t.encode().decode("latin-1") for t in TEXTS], trainer=trainer)
     tk.add_special_tokens(["<pad>", "<bos>", "<eos>"])
     old = tokenizer_from_dict({"kind": "bpe", "tokenizer": tk.to_str()})
     assert old.input == "latin1" and old.to_transformers_json() is None

@@ -571,8 +571,9 @@ class MultiMixtureTransformer(SequenceFit, nn.Module):
 
     # fit: SequenceFit's, the shared engine with the objective's loss and the rules; after
     # training with the "seed" objective, `after_fit` sets the observation noise to its
-    # maximum-likelihood value so that `log_likelihoods` scores a proper density. With tgt (B, T, output_dim), one target per
-    # input step, the transformer is trained toward it too (teacher forced, MSE).
+    # maximum-likelihood value so that `log_likelihoods` scores a proper density. With tgt
+    # (B, T, output_dim), one target per input step, the transformer is trained toward it
+    # too (teacher forced, MSE).
 
     def training_batch(self, X, lengths=None, tgt=None) -> SequenceBatch:
         """The training sequences, checked, with their targets alongside when `tgt` is given
