@@ -312,3 +312,10 @@ def test_training_settings_are_checked_before_training(text_corpus, capsys, argv
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (text_corpus / "runs").exists()
+
+
+def test_a_config_file_that_is_not_json_is_named(tmp_path, capsys):
+    bad = tmp_path / "settings.json"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    assert cli.main(["train", "gpt", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert f"--config {bad} is not a JSON file of settings" in capsys.readouterr().err

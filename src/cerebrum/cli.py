@@ -388,13 +388,19 @@ def _read_settings(args) -> dict:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"no such config file: {path}")
-        text = path.read_text()
-        if path.suffix == ".toml":
-            import tomllib
+        import tomllib
 
-            settings.update(tomllib.loads(text))
-        else:
-            settings.update(json.loads(text))
+        try:
+            text = path.read_text(encoding="utf-8")
+            loaded = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, TOMLDecodeError
+            kind = "TOML" if path.suffix == ".toml" else "JSON"
+            raise ValueError(f"--config {path} is not a {kind} file of settings: {err}") \
+                from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {path} must hold a table of settings, got "
+                             f"{type(loaded).__name__}")
+        settings.update(loaded)
     settings.update(parse_overrides(args.overrides))
     if args.steps is not None:
         settings["steps"] = args.steps

@@ -76,6 +76,7 @@ def load_model(run):
             pass  # not a model file: a checkpoint
         else:
             model = persistence.model_from_record(record, tensors, source=str(path))
+            persistence.check_every_tensor_is_claimed(record, tensors, path)
             if not isinstance(model, LanguageModel):
                 raise ValueError(f"RUN {run}: holds a {type(model).__name__}, not a language "
                                  "model")

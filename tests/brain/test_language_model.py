@@ -218,7 +218,7 @@ def test_generate_refuses_impossible_settings(kwargs, error, message):
 
 def test_scores_refuse_what_is_not_text():
     model = GPTLanguageModel(block_size=32, n_layer=1, n_head=2, n_embd=16)
-    with pytest.raises(TypeError, match="texts must be strings"):
+    with pytest.raises(TypeError, match="texts must be a string, strings or a Corpus"):
         model.score([123])
 
 
@@ -263,3 +263,11 @@ def test_an_interrupted_fit_leaves_the_model_as_it_was_and_resumes(toy_families,
     resumed = from_checkpoint(run)
     resumed.fit(held_out(corpus_dir), out_dir=run, resume=True, **FIT)
     assert resumed.history_["train"]["step"][-1] == 8
+
+
+@pytest.mark.parametrize("texts", [None, 5, b"bytes"])
+def test_score_names_what_texts_must_be(texts):
+    from cerebrum.brain.language_model import as_texts
+
+    with pytest.raises(TypeError, match="texts must be a string, strings or a Corpus"):
+        as_texts(texts)

@@ -487,3 +487,19 @@ def test_an_hmm_saved_with_history_loads_it_as_lower_bounds(tmp_path):
     registry.get("hmm").restore_summary(fresh, {"converged_": True, "n_iter_": 3,
                                                 "history_": model.lower_bounds_})
     assert fresh.lower_bounds_ == model.lower_bounds_ and fresh.n_iter_ == 3
+
+
+def test_a_tensor_that_belongs_to_no_model_is_refused(tmp_path):
+    """A brain file with one extra tensor, its content hash recomputed (the sweep's case)."""
+    from cerebrum.brain import persistence
+
+    rng = np.random.default_rng(0)
+    brain = Cerebrum()
+    brain.fit_and_add(rng.normal(size=(30, 2)), "gmm", model_id="g", n_components=1,
+                      random_state=0)
+    path = brain.save(tmp_path / "b.cbm")
+    _, record, tensors = persistence.read_file(path)
+    tensors["stray.weight"] = torch.zeros(3)
+    persistence.write_file(tmp_path / "edited.cbm", "brain", record, tensors)
+    with pytest.raises(CerebrumFileError, match="stray.weight belong to no model"):
+        Cerebrum.load(tmp_path / "edited.cbm")

@@ -86,7 +86,8 @@ def test_sizes_beyond_this_machines_memory_are_refused(monkeypatch):
 
 def test_init_current_on_an_unfitted_model_says_so():
     X = np.random.default_rng(0).normal(size=(40, 2)).astype(np.float32)
-    with pytest.raises(NotFittedError, match="HiddenMarkov is not fitted"):
+    with pytest.raises(NotFittedError, match="init='current' continues from the model's "
+                                             "current parameters, but this HiddenMarkov"):
         HiddenMarkov(2, 2).fit(X, init="current", max_iter=2)
     model = GaussianMixture(2, 2)
     with pytest.warns(UserWarning, match="init='current' on an unfitted .* construction values"):
@@ -110,3 +111,27 @@ def test_values_beyond_float32_are_named_as_such(scale, message):
             call()
     # float64 holds them: the same data fit there
     GaussianMixture(2, 2, dtype=torch.float64).fit(X / scale * 1e3, max_iter=3)
+
+
+def test_cases_the_sweep_reported_name_their_argument():
+    """bench/robustness_sweep.py: bic/aic check X before taking its length, a seed out of
+    torch's range is named, a sample too large for memory is refused before allocating."""
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    model = GaussianMixture(2, 2).fit(X, random_state=0)
+    for method in (model.bic, model.aic):
+        with pytest.raises(TypeError, match="X"):
+            method(None)
+    with pytest.raises(ValueError, match=r"random_state must be in \[0, 2\*\*64 - 1\]"):
+        GaussianMixture(2, 2).fit(X, random_state=2**70)
+    with pytest.raises(TypeError, match="random_state must be None, an int or a torch"):
+        GaussianMixture(2, 2).fit(X, random_state="abc")
+    with pytest.raises(ValueError, match=r"sample\(1000000000000\) needs .* GiB"):
+        model.sample(10**12)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="this machine has a cuda:7")
+def test_an_absent_device_is_named():
+    for model_class in (GaussianMixture, HiddenMarkov):
+        with pytest.raises(ValueError, match="device 'cuda:7' was asked for, but this "
+                                             "machine has cpu"):
+            model_class(2, 2, device="cuda:7")

@@ -321,3 +321,11 @@ def test_generated_series_have_the_datas_variance_and_autocorrelation():
     gen_var, gen_ac = variance_and_lag1_autocorrelation(generated)
     assert np.all((gen_var > data_var / 2) & (gen_var < data_var * 2)), (gen_var, data_var)
     assert np.all((gen_ac > data_ac / 2) & (gen_ac < data_ac * 2)), (gen_ac, data_ac)
+
+
+def test_a_seed_that_is_not_an_integer_is_named():
+    X = np.zeros((4, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="random_state must be None or an integer seed"):
+        model().fit(X, epochs=1, random_state="abc")
+    with pytest.raises(TypeError, match="random_state must be None or an integer seed"):
+        Cerebrum().fit_and_add(X, "mmm", epochs=1, random_state="abc", **SMALL)

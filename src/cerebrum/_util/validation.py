@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import resource
 import warnings
 
 import numpy as np
@@ -174,7 +175,9 @@ def _device_memory(device: torch.device) -> int | None:
     """Total bytes of memory of `device` (physical memory for the CPU), None if unknown."""
     try:
         if device.type == "cpu":
-            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            limit, _ = resource.getrlimit(resource.RLIMIT_AS)  # a process limit (ulimit -v)
+            return physical if limit == resource.RLIM_INFINITY else min(physical, limit)
         if device.type == "cuda":
             return torch.cuda.get_device_properties(device).total_memory
     except (ValueError, OSError, RuntimeError, AttributeError):
@@ -232,6 +235,21 @@ def warn_if_unfitted(model) -> None:
         )
 
 
+#: the largest seed torch's generators take
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(value, *, name: str = "random_state") -> int:
+    """An integer seed in [0, 2**64 - 1] (torch's range) as a plain int; a TypeError or
+    ValueError naming the argument otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be None or an integer seed, got "
+                        f"{type(value).__name__} {value!r}")
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be in [0, 2**64 - 1], got {value}")
+    return int(value)
+
+
 def make_generator(random_state, device: torch.device | str) -> torch.Generator:
     """A torch.Generator on `device` from None (fresh entropy), an int seed or a Generator."""
     if isinstance(random_state, torch.Generator):
@@ -240,9 +258,7 @@ def make_generator(random_state, device: torch.device | str) -> torch.Generator:
     if random_state is None:
         generator.seed()
     elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
-        if random_state < 0:
-            raise ValueError(f"random_state must be >= 0, got {random_state}")
-        generator.manual_seed(int(random_state))
+        generator.manual_seed(check_seed(random_state))
     else:
         raise TypeError(
             f"random_state must be None, an int or a torch.Generator, got "

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cerebrum._util.sequences import as_sequence_batch
-from cerebrum._util.validation import check_device
+from cerebrum._util.validation import check_device, check_seed
 from cerebrum.brain import persistence, registry
 from cerebrum.brain.managers import (
     MM,
@@ -103,7 +103,7 @@ class Cerebrum(nn.Module):
         seed = fit_kwargs.get("random_state")
         with torch.random.fork_rng(devices=[]):  # a seeded fit also gets seeded initial weights
             if seed is not None:
-                torch.manual_seed(int(seed))
+                torch.manual_seed(check_seed(seed))
             model = family.build(config, device=device)
         family.fit(model, data, **fit_kwargs)
         return self.add_model(model, model_id)
@@ -267,6 +267,7 @@ class Cerebrum(nn.Module):
             raise TypeError(f"model_id must be a str (a ModuleDict key), got int {model_id}")
         kind, record, tensors = persistence.read_file(source, expect=("model", "manager"))
         entry = _entry_from_record(kind, record, tensors, source=str(source))
+        persistence.check_every_tensor_is_claimed(record, tensors, source)
         _move_own_model(entry, record.get("entry_id"), model_id)
         self.models[model_id] = entry
         return model_id
@@ -286,6 +287,7 @@ class Cerebrum(nn.Module):
         """A brain written by `save` (parameters on `device`, CPU by default)."""
         _, record, tensors = persistence.read_file(path, expect=("brain",), device=device)
         entries = _check_brain_record(record, source=str(path))  # before building anything
+        persistence.check_every_tensor_is_claimed(record, tensors, path)
         brain = cls()
         try:
             for item in entries:

@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 
-from cerebrum._util.validation import check_positive_int
+from cerebrum._util.validation import check_positive_int, check_seed
 from cerebrum.brain.classical import n_features_of
 from cerebrum.brain.registry import Family, register
 from cerebrum.models._sequence_helpers import padded
@@ -78,7 +78,7 @@ def _run_seed(random_state, out_dir, resume: bool) -> int:
     """The run's seed: random_state; when None, the seed of the run being resumed, or fresh
     entropy from torch's global generator."""
     if random_state is not None:
-        return int(random_state)
+        return check_seed(random_state)
     if resume and out_dir is not None:
         header, _ = read_checkpoint(latest_checkpoint(out_dir))
         return int(header["config"]["seed"])

@@ -43,7 +43,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from cerebrum._util.validation import check_device, check_positive_int
+from cerebrum._util.validation import check_device, check_positive_int, check_seed
 from cerebrum.brain import persistence, registry
 from cerebrum.data.corpus import Corpus, default_corpus
 from cerebrum.data.tokenizers import BPETokenizer, ByteTokenizer, tokenizer_from_dict
@@ -349,7 +349,8 @@ class LanguageModel(nn.Module):
         ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
         generator = None
         if random_state is not None:
-            generator = torch.Generator(device=self._device()).manual_seed(int(random_state))
+            generator = torch.Generator(device=self._device()).manual_seed(
+                check_seed(random_state))
         adapted = contextlib.nullcontext()
         if adapt is not None:
             from cerebrum.brain.transformer2 import adapted_generation
@@ -447,9 +448,11 @@ def as_texts(texts) -> list[str]:
         texts = [d.text for d in texts.documents("validation", shuffle=False)]
     elif isinstance(texts, str):
         texts = [texts]
-    texts = list(texts)
-    if not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be strings (or a Corpus)")
+    texts = list(texts) if hasattr(texts, "__iter__") and not isinstance(texts, bytes) \
+        else texts
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"texts must be a string, strings or a Corpus, got "
+                        f"{type(texts).__name__} {texts!r:.60}")
     return texts
 
 

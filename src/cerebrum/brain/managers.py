@@ -401,6 +401,7 @@ class MM(ModelStore):
         _, record, tensors = persistence.read_file(source, expect=("model",),
                                                    device=self.device)
         model = persistence.model_from_record(record, tensors, source=str(source))
+        persistence.check_every_tensor_is_claimed(record, tensors, source)
         if record["family"] != self.model_type:
             raise ValueError(f"{source} holds a {record['family']} model, but this MM wraps "
                              f"{self.model_type} models")

@@ -337,6 +337,29 @@ def read_file(path, *, expect: tuple[str, ...] = KINDS, device=None):
     return kind, header["record"], tensors
 
 
+def _tensor_prefixes(record) -> set[str]:
+    """The tensor prefixes the model records inside a (JSON) record declare."""
+    if isinstance(record, dict):
+        found = {record["tensors"]} if isinstance(record.get("tensors"), str) else set()
+        for value in record.values():
+            found |= _tensor_prefixes(value)
+        return found
+    if isinstance(record, list):
+        return set().union(*map(_tensor_prefixes, record)) if record else set()
+    return set()
+
+
+def check_every_tensor_is_claimed(record, tensors: dict, source) -> None:
+    """Refuse a tensor that no model of the (checked) record owns: the tensors must be
+    exactly the models' ones, and an extra one means the file was edited or written by
+    something else. The loaders call it once the record's own checks have passed."""
+    prefixes = tuple(p + "." for p in _tensor_prefixes(record))
+    stray = sorted(name for name in tensors if not name.startswith(prefixes))
+    if stray:
+        raise CerebrumFileError(
+            f"{source} is damaged: tensor(s) {', '.join(stray[:5])} belong to no model in it")
+
+
 def _read_bytes(path: Path) -> bytes:
     """The bytes of a regular file, or an error that names the path and what it is."""
     try:

@@ -25,6 +25,7 @@ from torch import nn
 from cerebrum._util.validation import (
     COVARIANCE_TYPES,
     check_choice,
+    check_device,
     check_finite,
     check_fit_settings,
     check_fitted,
@@ -120,6 +121,7 @@ class GaussianMixture(nn.Module):
         self.covariance_type = check_choice(
             covariance_type, COVARIANCE_TYPES, name="covariance_type"
         )
+        device = check_device(device)  # names the device asked for and those present
         factory = {"dtype": dtype, "device": device}
         K, D = self.n_components, self.n_features
         check_parameter_memory(
@@ -273,6 +275,8 @@ class GaussianMixture(nn.Module):
         """Draw `n_samples` samples: (X (n, D), component labels (n,)) as NumPy, in random order."""
         check_fitted(self)
         n_samples = check_positive_int(n_samples, name="n_samples")
+        check_parameter_memory([(n_samples, self.n_features + 1)], dtype=self.means.dtype,
+                               device=self.means.device, what=f"sample({n_samples})")
         generator = make_generator(random_state, self.means.device)
         with torch.no_grad():
             weights = self.log_weights().exp()
@@ -300,12 +304,14 @@ class GaussianMixture(nn.Module):
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X: -2 log L + p log N (lower is better)."""
+        score = self.score(X)  # checks X first
         n_samples = len(X)
-        return -2.0 * self.score(X) * n_samples + self.n_parameters * math.log(n_samples)
+        return -2.0 * score * n_samples + self.n_parameters * math.log(n_samples)
 
     def aic(self, X) -> float:
         """Akaike information criterion on X: -2 log L + 2 p (lower is better)."""
-        return -2.0 * self.score(X) * len(X) + 2.0 * self.n_parameters
+        score = self.score(X)  # checks X first
+        return -2.0 * score * len(X) + 2.0 * self.n_parameters
 
     # ------------------------------------------------------------------ getters (seed 000)
 

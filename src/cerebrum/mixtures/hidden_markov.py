@@ -33,6 +33,7 @@ from cerebrum._util.sequences import SequenceBatch, as_sequence_batch
 from cerebrum._util.validation import (
     COVARIANCE_TYPES,
     check_choice,
+    check_device,
     check_fit_settings,
     check_fitted,
     check_parameter_memory,
@@ -40,7 +41,7 @@ from cerebrum._util.validation import (
     make_generator,
     warn_if_unfitted,
 )
-from cerebrum.exceptions import ConvergenceWarning
+from cerebrum.exceptions import ConvergenceWarning, NotFittedError
 from cerebrum.mixtures import _hmm_compiled as compiled
 from cerebrum.mixtures import hmm_inference as inference
 from cerebrum.mixtures._data import Chunk
@@ -202,6 +203,7 @@ class HiddenMarkov(nn.Module):
             covariance_type, COVARIANCE_TYPES, name="covariance_type"
         )
         S, M, D = self.n_components, self.n_mix, self.n_features
+        device = check_device(device)  # names the device asked for and those present
         factory = {"dtype": dtype, "device": device}
         check_parameter_memory(
             [(S,), (S, S), (S, M), (S, M, D), self._raw_shape()],
@@ -459,6 +461,9 @@ class HiddenMarkov(nn.Module):
         check_fitted(self)
         n_steps = check_positive_int(n_steps, name="n_steps")
         n_sequences = check_positive_int(n_sequences, name="n_sequences")
+        check_parameter_memory([(n_sequences, n_steps, self.n_features + 1)],
+                               dtype=self.means.dtype, device=self.means.device,
+                               what=f"sample({n_steps}, n_sequences={n_sequences})")
         generator = make_generator(random_state, self.means.device)
         factory = {"dtype": self.means.dtype, "device": self.means.device}
         with torch.no_grad():
@@ -611,8 +616,12 @@ class HiddenMarkov(nn.Module):
                 f"X has {n_frames} frames{everywhere}, but n_components={self.n_components} "
                 f"needs at least {self.n_components}"
             )
-        if init == "current" or not init_params:
-            check_fitted(self)
+        if (init == "current" or not init_params) and not self.is_fitted:
+            what = "init='current'" if init == "current" else "init_params=''"
+            raise NotFittedError(
+                f"{what} continues from the model's current parameters, but this "
+                f"{type(self).__name__} has none yet (never fitted): pass init='kmeans++' "
+                "(the default) or another start, or build it with from_params")
         if comm is None:
             centre = frames.mean(0)
         else:
