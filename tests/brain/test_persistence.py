@@ -501,5 +501,5 @@ def test_a_tensor_that_belongs_to_no_model_is_refused(tmp_path):
     _, record, tensors = persistence.read_file(path)
     tensors["stray.weight"] = torch.zeros(3)
     persistence.write_file(tmp_path / "edited.cbm", "brain", record, tensors)
-    with pytest.raises(CerebrumFileError, match="stray.weight belong to no model"):
+    with pytest.raises(CerebrumFileError, match=r"stray\.weight belong to no model"):
         Cerebrum.load(tmp_path / "edited.cbm")
