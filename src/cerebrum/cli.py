@@ -79,11 +79,16 @@ def _load_brain(path):
 
 
 def _add_fit(subparsers) -> None:
+    from cerebrum.brain import registry
+
+    # the classical families (those Cerebrum keeps in a manager): gmm, hmm, and any other
+    # registered the same way
+    families = [name for name in registry.names() if registry.get(name).managed]
     parser = subparsers.add_parser(
         "fit", help="fit a Gaussian mixture or HMM and add it to a brain file",
         description="Fit a model on DATA and add it to the brain file given by -o (created "
         "when missing, rewritten atomically). Prints the new model's id.")
-    parser.add_argument("family", choices=["gmm", "hmm"], help="gmm or hmm")
+    parser.add_argument("family", choices=families, help=" or ".join(families))
     _add_data_arguments(parser)
     parser.add_argument("-k", "--components", type=int, required=True,
                         help="mixture components (gmm) or hidden states (hmm)")
@@ -103,6 +108,7 @@ def _run_fit(args) -> int:
     from pathlib import Path
 
     from cerebrum import Cerebrum
+    from cerebrum.brain import registry
 
     rank, world_size, created = _fit_process_group()
     try:
@@ -112,11 +118,14 @@ def _run_fit(args) -> int:
         options = {"n_components": args.components, "covariance_type": args.covariance,
                    "max_iter": args.max_iter, "n_init": args.n_init,
                    "random_state": args.seed, "verbose": rank == 0}
-        if args.family == "hmm":
-            options.update(n_mix=args.mix, lengths=lengths)
+        family = registry.get(args.family)
+        if "n_mix" in family.config_fields:
+            options["n_mix"] = args.mix
+        if family.takes_sequences:
+            options["lengths"] = lengths
         elif lengths is not None and rank == 0:
-            print("cerebrum fit: note: a gmm treats the frames of sequences as samples",
-                  file=sys.stderr)
+            print(f"cerebrum fit: note: a {family.name} treats the frames of sequences as "
+                  "samples", file=sys.stderr)
         model_id = brain.fit_and_add(X, args.family, model_id=args.model_id, **options)
         if rank == 0:  # every rank holds the same model: one writes it
             brain.save(args.output)
@@ -149,8 +158,10 @@ def _load_fit_shard(args, rank: int, world_size: int):
     its slice; other formats are read whole by every rank, then sliced."""
     import numpy as np
 
+    from cerebrum.brain import registry
     from cerebrum.mixtures.distributed import shard_bounds
 
+    sequences = registry.get(args.family).takes_sequences
     if args.data.lower().endswith(".npy") and args.sequence_column is None:
         if not os.path.isfile(args.data):
             raise FileNotFoundError(f"no such file: {args.data}")
@@ -163,9 +174,9 @@ def _load_fit_shard(args, rank: int, world_size: int):
     else:
         table, lengths = _load_data(args)
     start, stop, shard_lengths = shard_bounds(
-        len(table), lengths if args.family == "hmm" else None, rank, world_size)
+        len(table), lengths if sequences else None, rank, world_size)
     X = np.asarray(table[start:stop], dtype=np.float64)
-    return X, (shard_lengths if args.family == "hmm" else lengths)
+    return X, (shard_lengths if sequences else lengths)
 
 
 def _add_brain_data_verb(subparsers, name, handler, help, description) -> None:
@@ -270,7 +281,6 @@ def _add_sample(subparsers) -> None:
 def _run_sample(args) -> int:
     import numpy as np
 
-    from cerebrum import HiddenMarkov
     from cerebrum.brain.cerebrum import iter_models
 
     if not args.output.endswith((".npy", ".npz")):
@@ -281,12 +291,13 @@ def _run_sample(args) -> int:
         raise ValueError(f"model {args.model_id!r} holds {len(models)} models: "
                          f"{', '.join(models)}; sample one of them from Python")
     (model,) = models.values()
-    if isinstance(model, HiddenMarkov):
-        X, labels = model.sample(args.n, n_sequences=args.sequences, random_state=args.seed)
-    elif hasattr(model, "sample"):
-        X, labels = model.sample(args.n, random_state=args.seed)
-    else:
+    from cerebrum.brain import registry
+
+    family = registry.family_of(model)
+    if family is None or family.sample is None:
         raise ValueError(f"model {args.model_id!r} ({type(model).__name__}) cannot sample")
+    X, labels = family.sample(model, args.n, n_sequences=args.sequences,
+                              random_state=args.seed)
     if args.output.endswith(".npz"):
         np.savez(args.output, X=X, labels=labels)
     else:

@@ -272,3 +272,37 @@ def test_bad_arguments_found_by_the_sweep_are_named():
     with pytest.raises(ValueError, match="has NaN in its parameter"):
         brain.import_model("g", state)
     assert brain.score("g", X) == before  # nothing was loaded
+
+
+def test_a_new_classical_family_needs_no_edit_to_managers_or_cli(tmp_path):
+    """Issue 22's family protocol: a family registered with its record (ids, data, sampling)
+    is fitted, named, scored and sampled by Cerebrum, MMMan and the CLI unchanged."""
+    import dataclasses
+
+    from cerebrum import cli
+
+    class ToyHMM(HiddenMarkov):
+        pass
+
+    hmm = registry.get("hmm")
+    registry.register(dataclasses.replace(hmm, name="toyhmm", model_class=ToyHMM,
+                                          id_scheme="integer",
+                                          build=lambda c, device=None: ToyHMM(
+                                              c.n_components, c.n_features, c.n_mix,
+                                              c.covariance_type, device=device)))
+    try:
+        X = np.random.default_rng(0).normal(size=(3, 20, 2))
+        manager = MMMan()
+        assert manager.fit(X, "toyhmm", n_components=2, random_state=0) == 0  # integer ids
+        assert isinstance(manager.export_model(0), ToyHMM)
+        np.save(tmp_path / "x.npy", X)
+        brain = tmp_path / "b.cbm"
+        assert cli.main(["fit", "toyhmm", str(tmp_path / "x.npy"), "-k", "2", "--mix", "2",
+                         "--seed", "0", "-o", str(brain)]) == 0
+        (model_id,) = Cerebrum.load(brain).models
+        assert Cerebrum.load(brain).check_data() == {model_id: {model_id: "toyhmm"}}
+        assert cli.main(["sample", str(brain), "--id", model_id, "-n", "5", "--sequences", "2",
+                         "-o", str(tmp_path / "s.npy")]) == 0
+        assert np.load(tmp_path / "s.npy").shape == (2, 5, 2)
+    finally:
+        registry.unregister("toyhmm")
