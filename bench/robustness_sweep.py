@@ -165,7 +165,9 @@ def library_warnings(caught) -> list[str]:
     for w in caught:
         if issubclass(w.category, (ConvergenceWarning, DeprecationWarning, FutureWarning)):
             continue
-        if "/cerebrum/" in str(w.filename) or "cerebrum" in str(w.category.__module__):
+        # a library warning names the caller's line (stacklevel), here this file's
+        if "/cerebrum/" in str(w.filename) or "cerebrum" in str(w.category.__module__) \
+                or str(w.filename) == __file__:
             out.append(f"{w.category.__name__}: {w.message}")
     return out
 

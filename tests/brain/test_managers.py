@@ -264,7 +264,7 @@ def test_bad_arguments_found_by_the_sweep_are_named():
                       random_state=0)
     with pytest.raises(TypeError, match="model_ids must be a model id"):
         brain.classify(rng.normal(size=(3, 2)), model_ids=3)
-    with pytest.raises(TypeError, match=r"must be a path .* got int 42"):
+    with pytest.raises(TypeError, match=r"source must be a state dict or the path .* got int 42"):
         brain.import_model("x", 42)
     state = {k: torch.full_like(v, float("nan")) for k, v in brain.export_model("g").items()}
     X = rng.normal(size=(3, 2))

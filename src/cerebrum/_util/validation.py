@@ -151,7 +151,8 @@ def check_score_weights(sample_weight, n_samples: int) -> np.ndarray:
     return weight
 
 
-def check_parameter_memory(shapes, *, dtype, device, what: str) -> None:
+def check_parameter_memory(shapes, *, dtype, device, what: str,
+                           holding: str = "its parameters alone") -> None:
     """Refuse a model whose parameters (`shapes`, tuples of ints) cannot fit in the memory of
     `device` at all (a typo such as n_components=10**9 would otherwise allocate until the
     process is killed). Nothing is checked on the meta device."""
@@ -165,7 +166,7 @@ def check_parameter_memory(shapes, *, dtype, device, what: str) -> None:
     available = _device_memory(device)
     if available is not None and needed > available:
         raise ValueError(
-            f"{what} needs {_gigabytes(needed)} for its parameters alone ({n_values:,} "
+            f"{what} needs {_gigabytes(needed)} for {holding} ({n_values:,} "
             f"values), more than the {_gigabytes(available)} of memory of {device}: choose "
             "smaller sizes"
         )

@@ -18,6 +18,7 @@ Shapes: N samples or frames, B sequences, D features, C candidate models.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -262,6 +263,9 @@ class Cerebrum(nn.Module):
         if isinstance(source, dict):
             load_state(self._entry(model_id), source, what=f"model {model_id!r}")
             return model_id
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f"source must be a state dict or the path of a file written by "
+                            f"export_model, got {type(source).__name__} {source!r:.60}")
         model_id = check_id(model_id, name="model_id")
         if not isinstance(model_id, str):
             raise TypeError(f"model_id must be a str (a ModuleDict key), got int {model_id}")

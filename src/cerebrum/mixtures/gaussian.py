@@ -276,7 +276,8 @@ class GaussianMixture(nn.Module):
         check_fitted(self)
         n_samples = check_positive_int(n_samples, name="n_samples")
         check_parameter_memory([(n_samples, self.n_features + 1)], dtype=self.means.dtype,
-                               device=self.means.device, what=f"sample({n_samples})")
+                               device=self.means.device, what=f"n_samples={n_samples}",
+                               holding="the samples")
         generator = make_generator(random_state, self.means.device)
         with torch.no_grad():
             weights = self.log_weights().exp()

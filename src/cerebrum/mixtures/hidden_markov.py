@@ -463,7 +463,8 @@ class HiddenMarkov(nn.Module):
         n_sequences = check_positive_int(n_sequences, name="n_sequences")
         check_parameter_memory([(n_sequences, n_steps, self.n_features + 1)],
                                dtype=self.means.dtype, device=self.means.device,
-                               what=f"sample({n_steps}, n_sequences={n_sequences})")
+                               what=f"n_steps={n_steps} x n_sequences={n_sequences}",
+                               holding="the samples")
         generator = make_generator(random_state, self.means.device)
         factory = {"dtype": self.means.dtype, "device": self.means.device}
         with torch.no_grad():
