@@ -6,7 +6,7 @@ import torch
 from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from cerebrum import MMM, Cerebrum, HiddenMarkov
+from cerebrum import Cerebrum, HiddenMarkov
 from cerebrum.brain.hybrids import kl_weight
 from cerebrum.mixtures import hmm_inference
 from cerebrum.models.vrmgt import VariationalRecurrentMarkovGaussianTransformer as VRMGT
@@ -151,34 +151,6 @@ def test_save_load_round_trip_and_classify_with_a_hidden_markov(tmp_path):
     again = Cerebrum()
     again.fit_and_add(X, "vrmgt", model_id="v", epochs=3, random_state=0, **SMALL)
     assert again.score("v", X[:4]) == brain.score("v", X[:4])  # reproducible
-
-
-def test_seed001_example3_as_written():
-    """Seed 001 example 3: model_type='mmm' on the MMM facade is seed 001's deep model, the
-    VRMGT. The seed's sizes are kept; the data is small so that 200 epochs stay quick."""
-    data = np.random.default_rng(0).normal(size=(4, 3, 128)).astype(np.float32)
-    mmm = MMM()
-    model_id = mmm.fit_and_add(
-        data=data,
-        model_type='mmm',
-        input_dim=128,
-        hidden_dim=256,
-        z_dim=32,
-        rnn_hidden=64,
-        num_states=4,
-        n_mix=5,
-        trans_d_model=64,
-        trans_nhead=4,
-        trans_layers=2,
-        output_dim=128,
-        epochs=200,
-        kl_anneal_epochs=50,
-        lr=1e-4,
-        clip_norm=5.0
-    )
-    model = mmm.models[model_id]
-    assert isinstance(model, VRMGT) and len(model.history_["train_loss"]) >= 1
-    assert np.isfinite(mmm.get_log_likelihoods(model_id, data, n_samples=2)).all()
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
