@@ -33,7 +33,7 @@ import torch
 from cerebrum._util.validation import check_positive_int, check_seed
 from cerebrum.brain.classical import n_features_of
 from cerebrum.brain.registry import Family, register
-from cerebrum.models._sequence_helpers import padded
+from cerebrum.models._sequence_helpers import is_one_array, padded, swap_batch_and_time
 from cerebrum.models.multi_mixture_transformer import MMTConfig, MultiMixtureTransformer
 from cerebrum.models.vrmgt import VariationalRecurrentMarkovGaussianTransformer, VRMGTConfig
 from cerebrum.train.engine import TrainConfig, Trainer, latest_checkpoint, read_checkpoint
@@ -199,13 +199,12 @@ def fit_sequences(model, X, lengths=None, *, tgt=None, epochs: int = 100,
 
 
 def _batch_first(data, name: str):
-    """A time-major (T, B, D) array or tensor as (B, T, D)."""
-    ndim = data.dim() if isinstance(data, torch.Tensor) else (
-        None if isinstance(data, (list, tuple)) else np.ndim(data))
-    if ndim != 3:
+    """A time-major (T, B, D) array or tensor as (B, T, D); anything else is refused."""
+    if not is_one_array(data, 3):
+        shape = "" if isinstance(data, (list, tuple)) else f" of shape {np.shape(data)}"
         raise ValueError(f"time_major=True needs {name} as one (T, B, D) array or tensor, got "
-                         f"{type(data).__name__} of shape {np.shape(data)}")
-    return data.transpose(0, 1) if isinstance(data, torch.Tensor) else np.swapaxes(data, 0, 1)
+                         f"{type(data).__name__}{shape}")
+    return swap_batch_and_time(data)
 
 
 def _snapshot(model) -> dict:

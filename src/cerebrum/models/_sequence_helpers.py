@@ -9,10 +9,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from cerebrum._util.sequences import SequenceBatch
 from cerebrum._util.validation import check_positive_int
+
+
+def is_one_array(value, ndim: int) -> bool:
+    """Whether `value` is a single array or tensor of `ndim` axes (not a list of sequences)."""
+    if isinstance(value, (list, tuple)):
+        return False
+    return (value.dim() if isinstance(value, torch.Tensor) else np.ndim(value)) == ndim
+
+
+def swap_batch_and_time(value):
+    """A 3-D array or tensor with its first two axes swapped: (T, B, F) <-> (B, T, F)."""
+    return value.transpose(0, 1) if isinstance(value, torch.Tensor) else np.swapaxes(value, 0, 1)
 
 
 class SequenceFit:

@@ -57,7 +57,9 @@ from cerebrum.mixtures import hmm_inference
 from cerebrum.models._sequence_helpers import (
     SequenceFit,
     importance_weighted_bound,
+    is_one_array,
     normalise_positive_ints,
+    swap_batch_and_time,
 )
 from cerebrum.nn.coders import (
     LOGVAR_RANGE,
@@ -107,16 +109,10 @@ class VRMGTConfig:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
 
-def _ndim(value) -> int:
-    return value.dim() if isinstance(value, torch.Tensor) else np.ndim(value)
-
-
 def _batch_first(value, time_major: bool):
     """A 3-D (T, B, F) array or tensor as (B, T, F) when time_major; anything else (a 2-D
     sequence or frames, a list of sequences) as it is: it has no batch axis to move."""
-    if not time_major or isinstance(value, (list, tuple)) or _ndim(value) != 3:
-        return value
-    return value.transpose(0, 1) if isinstance(value, torch.Tensor) else np.swapaxes(value, 0, 1)
+    return swap_batch_and_time(value) if time_major and is_one_array(value, 3) else value
 
 
 class VariationalRecurrentMarkovGaussianTransformer(SequenceFit, nn.Module):
@@ -470,7 +466,7 @@ class VariationalRecurrentMarkovGaussianTransformer(SequenceFit, nn.Module):
         # the targets come in X's form: a padded (B, T, O) array shares X's lengths, a 2-D
         # (N, O) array of frames is cut as X was, a list carries its own
         tgt_lengths = (None if isinstance(tgt, (list, tuple)) else
-                       lengths if _ndim(tgt) == 3 else batch.lengths.cpu().numpy())
+                       lengths if is_one_array(tgt, 3) else batch.lengths.cpu().numpy())
         targets = as_sequence_batch(tgt, tgt_lengths, n_features=self.config.output_dim,
                                     dtype=param.dtype, device=param.device,
                                     owner="tgt (output_dim)")
