@@ -8,6 +8,11 @@ timed in one process. Prints a ratio table (competitor seconds / Cerebrum second
     python bench/gmm.py --json --types diag full
     python bench/gmm.py --device cuda   # Cerebrum on the GPU (data passed as NumPy: the
                                         # host-to-device copy is inside the timing)
+    python bench/gmm.py --starts kmeans++ random   # both starting points (default: k-means++)
+
+Starting points (`--starts`): "kmeans++" takes the means from scikit-learn's k-means++ seeding,
+"random" from distinct random samples (scikit-learn's init_params="random_from_data"); both
+start from the data's covariance and uniform weights, and both libraries get the same start.
 """
 
 from __future__ import annotations
@@ -35,17 +40,25 @@ def make_data(n_samples: int, n_features: int, n_components: int, seed: int):
     return centres[labels] + np.einsum("nd,nde->ne", noise, mixing[labels]) + noise * 0.3
 
 
-def initial_params(X: np.ndarray, n_components: int, covariance_type: str, seed: int):
-    """Means from scikit-learn's k-means++ seeding, covariances from the data, uniform weights.
+def initial_params(X: np.ndarray, n_components: int, covariance_type: str, seed: int,
+                   start: str = "kmeans++"):
+    """Means from scikit-learn's k-means++ seeding ("kmeans++") or from distinct random samples
+    ("random"), covariances from the data, uniform weights.
 
     Means at plain random samples can put two means in one cluster; EM then starves a component
-    down to fewer samples than dimensions, its covariance turns singular (reg_covar-sized
-    eigenvalues) and the likelihood is dominated by that degenerate component, where float32 and
-    float64 legitimately disagree in the 4th digit. k-means++ seeds avoid comparing on that.
+    down to few samples, its covariance turns ill-conditioned and the likelihood is dominated by
+    that component, where float32 and float64 may disagree in the 4th digit. k-means++ seeds
+    avoid comparing on that; the random start shows what happens without them.
     """
-    from sklearn.cluster import kmeans_plusplus
+    if start == "kmeans++":
+        from sklearn.cluster import kmeans_plusplus
 
-    means, _ = kmeans_plusplus(X, n_components, random_state=seed)
+        means, _ = kmeans_plusplus(X, n_components, random_state=seed)
+    elif start == "random":
+        rng = np.random.default_rng(seed)
+        means = X[rng.choice(len(X), n_components, replace=False)]
+    else:
+        raise ValueError(f"start must be 'kmeans++' or 'random', got {start!r}")
     weights = np.full(n_components, 1.0 / n_components)
     variance = X.var(0)
     covariance = np.cov(X.T)
@@ -127,6 +140,26 @@ def run_pomegranate(X, params, covariance_type, n_iter):
     return fit
 
 
+def compare(X, X_lib, params, covariance_type, start, args, dtype, has_pomegranate) -> dict:
+    """One row of the table: Cerebrum and the competitors from the same start."""
+    fit = run_cerebrum(X_lib, params, covariance_type, args.n_iter, dtype, args.device)
+    fit()  # warm-up: first-call allocations and kernel selection
+    ours_s, ours = best_time(fit, args.repeat)
+    ours_ll = ours.score(X_lib)
+    row = {"covariance_type": covariance_type, "start": start, "cerebrum_s": ours_s,
+           "cerebrum_ll": ours_ll}
+    sk_s, sk = best_time(run_sklearn(X, params, covariance_type, args.n_iter), args.repeat)
+    row.update(sklearn_s=sk_s, sklearn_ll=float(sk.score(X)))
+    row["speedup_vs_sklearn"] = sk_s / ours_s
+    row["ll_rel_diff_vs_sklearn"] = abs(ours_ll - row["sklearn_ll"]) / abs(row["sklearn_ll"])
+    if has_pomegranate:
+        fit_pg = run_pomegranate(X, params, covariance_type, args.n_iter)
+        if fit_pg is not None:
+            pg_s, _ = best_time(fit_pg, 1)
+            row.update(pomegranate_s=pg_s, speedup_vs_pomegranate=pg_s / ours_s)
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=200_000)
@@ -134,6 +167,8 @@ def main(argv=None):
     parser.add_argument("--n-components", type=int, default=8)
     parser.add_argument("--n-iter", type=int, default=20)
     parser.add_argument("--types", nargs="+", default=["diag", "full", "tied", "spherical"])
+    parser.add_argument("--starts", nargs="+", choices=["kmeans++", "random"],
+                        default=["kmeans++"], help="starting points to run (see above)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -148,23 +183,11 @@ def main(argv=None):
     rows = []
     warnings.simplefilter("ignore", ConvergenceWarning)
     warnings.filterwarnings("ignore", message=".*did not converge.*")
-    for covariance_type in args.types:
-        params = initial_params(X, args.n_components, covariance_type, args.seed)
-        fit = run_cerebrum(X_lib, params, covariance_type, args.n_iter, dtype, args.device)
-        fit()  # warm-up: first-call allocations and kernel selection
-        ours_s, ours = best_time(fit, args.repeat)
-        ours_ll = ours.score(X_lib)
-        row = {"covariance_type": covariance_type, "cerebrum_s": ours_s, "cerebrum_ll": ours_ll}
-        sk_s, sk = best_time(run_sklearn(X, params, covariance_type, args.n_iter), args.repeat)
-        row.update(sklearn_s=sk_s, sklearn_ll=float(sk.score(X)))
-        row["speedup_vs_sklearn"] = sk_s / ours_s
-        row["ll_rel_diff_vs_sklearn"] = abs(ours_ll - row["sklearn_ll"]) / abs(row["sklearn_ll"])
-        if has_pomegranate:
-            fit_pg = run_pomegranate(X, params, covariance_type, args.n_iter)
-            if fit_pg is not None:
-                pg_s, _ = best_time(fit_pg, 1)
-                row.update(pomegranate_s=pg_s, speedup_vs_pomegranate=pg_s / ours_s)
-        rows.append(row)
+    for start in args.starts:
+        for covariance_type in args.types:
+            params = initial_params(X, args.n_components, covariance_type, args.seed, start)
+            rows.append(compare(X, X_lib, params, covariance_type, start, args, dtype,
+                                has_pomegranate))
 
     meta = {
         "n_samples": args.n_samples, "n_features": args.n_features,
@@ -181,13 +204,15 @@ def main(argv=None):
         f"{args.n_iter} iterations, {args.dtype}, torch threads={meta['torch_threads']}, "
         f"device={meta['device']}"
     )
-    header = f"{'type':<10} {'cerebrum s':>11} {'sklearn s':>10} {'ratio':>7} {'ll rel diff':>12}"
+    header = (f"{'type':<10} {'start':<9} {'cerebrum s':>11} {'sklearn s':>10} {'ratio':>7} "
+              f"{'ll rel diff':>12}")
     if has_pomegranate:
         header += f" {'pomegranate s':>14} {'ratio':>7}"
     print(header)
     for row in rows:
         line = (
-            f"{row['covariance_type']:<10} {row['cerebrum_s']:>11.3f} {row['sklearn_s']:>10.3f} "
+            f"{row['covariance_type']:<10} {row['start']:<9} {row['cerebrum_s']:>11.3f} "
+            f"{row['sklearn_s']:>10.3f} "
             f"{row['speedup_vs_sklearn']:>6.1f}x {row['ll_rel_diff_vs_sklearn']:>12.2e}"
         )
         if "pomegranate_s" in row:

@@ -48,6 +48,7 @@ from cerebrum.mixtures._fit_loop import (
 from cerebrum.mixtures._gaussian_em import (
     GaussianParams,
     GaussianStats,
+    Workspace,
     accumulate,
     expanded_form_is_accurate,
     lowest_scoring_samples,
@@ -550,6 +551,7 @@ class _MixtureEM(EMHooks[GaussianParams, GaussianStats]):
         self.model, self.source, self.init, self.reg_covar = model, source, init, reg_covar
         self.kind = model.covariance_type
         self.comm = comm
+        self.workspace = Workspace()  # the E step's scratch memory, reused every iteration
 
     def initialise(self, generator: torch.Generator) -> GaussianParams:
         return self.model._initial_params(self.source, self.init, generator, self.reg_covar,
@@ -560,7 +562,7 @@ class _MixtureEM(EMHooks[GaussianParams, GaussianStats]):
         if final and needs_accurate_final_step(params, self.kind):
             expanded = False
         return accumulate(self.source, self.kind, len(params.means), params=params,
-                          expanded=expanded)
+                          expanded=expanded, workspace=self.workspace)
 
     def refines_final_step(self, params: GaussianParams) -> bool:
         return (expanded_form_is_accurate(params, self.kind)
