@@ -146,3 +146,13 @@ def test_wrong_types_and_long_inputs_are_clear_errors():
         NEATConfig(n_layer=2.5)
     with pytest.raises(ValueError, match="sequence length 49 exceeds"):
         network()(ids(T=49))
+
+
+def test_the_memory_forget_bias_setting_reaches_the_memory():
+    memory = NEATNetwork(NEATConfig(**{**TINY, "use_titans_memory": True,
+                                       "memory_forget_bias": -6.0})).backbone.memory
+    assert memory.to_gates.bias[2].item() == -6.0
+    default = NEATNetwork(NEATConfig(**{**TINY, "use_titans_memory": True})).backbone.memory
+    assert default.to_gates.bias[2].item() == -8.0
+    with pytest.raises(TypeError, match="memory_forget_bias"):
+        NEATConfig(memory_forget_bias=float("nan"))

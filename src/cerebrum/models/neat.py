@@ -127,6 +127,7 @@ class NEATConfig:
     memory_chunk: int = 16
     memory_max_grad_norm: float = 1.0
     memory_theta_max: float = 0.5
+    memory_forget_bias: float = -8.0
     surprise_threshold: float = 0.05
 
     def __post_init__(self):
@@ -164,6 +165,7 @@ class NEATConfig:
             raise ValueError(f"memory_depth must be 1 or 2, got {self.memory_depth!r}")
         for name in ("memory_max_grad_norm", "memory_theta_max"):
             _number(self, name, positive=True)
+        _number(self, "memory_forget_bias")
         _number(self, "surprise_threshold", low=0)
         if (self.use_titans_memory or self.use_sliding_window) and (
                 self.attention_window > self.block_size):
@@ -234,7 +236,8 @@ class Backbone(nn.Module):
             self.memory = NeuralMemory(
                 dim, c.memory_dim, c.memory_hidden, c.memory_depth, c.memory_chunk,
                 c.memory_max_grad_norm, c.memory_theta_max,
-                c.surprise_threshold if c.dynamic_component_activation else None)
+                c.surprise_threshold if c.dynamic_component_activation else None,
+                c.memory_forget_bias)
 
     def forward(self, x):
         """(B, N, C) -> (B, N, C)."""

@@ -97,11 +97,14 @@ class NeuralMemory(nn.Module):
         theta_max: the largest inner learning rate.
         surprise_threshold: None (every position writes) or the gradient norm below which a
             position does not (selective updates).
+        forget_bias: the forgetting gate's initial bias: alpha starts near
+            sigmoid(forget_bias) (-8: 3.4e-4 per position, so a fresh memory keeps about 92%
+            of what it holds over 256 positions; the gate learns where to forget).
     """
 
     def __init__(self, dim: int, memory_dim: int = 32, hidden: int = 64, depth: int = 2,
                  chunk_size: int = 16, max_grad_norm: float = 1.0, theta_max: float = 0.5,
-                 surprise_threshold: float | None = None):
+                 surprise_threshold: float | None = None, forget_bias: float = -8.0):
         super().__init__()
         for name, value in (("dim", dim), ("memory_dim", memory_dim), ("hidden", hidden),
                             ("chunk_size", chunk_size)):
@@ -130,7 +133,7 @@ class NeuralMemory(nn.Module):
             nn.Parameter(torch.randn(*s) / math.sqrt(s[0])) for s in shapes)
         with torch.no_grad():
             self.to_gates.weight.mul_(0.1)
-            self.to_gates.bias.copy_(torch.tensor([0.0, 2.0, -4.0]))
+            self.to_gates.bias.copy_(torch.tensor([0.0, 2.0, float(forget_bias)]))
         #: Statistics of the last forward: positions seen, positions that wrote (an int or a
         #: 0-d tensor, kept on the device), full chunks and chunks skipped.
         self.last_stats = {"positions": 0, "writes": 0, "chunks": 0, "chunks_skipped": 0}
