@@ -217,3 +217,16 @@ def test_bad_settings_are_clear_errors(corpus):
         CALMLanguageModel(**MODEL, loss_type="kl")
     with pytest.raises(ValueError, match="tokenizer must be one of"):
         CALMLanguageModel(**MODEL, tokenizer="words")
+
+
+def test_the_autoencoder_phase_has_its_own_peak_learning_rate(corpus):
+    """ae_lr scales phase 1's schedule (the latent phase keeps lr); None is lr."""
+    model = CALMLanguageModel(**MODEL)
+    settings = {**FIT, "min_lr_ratio": 1.0}  # a flat schedule after the one warm-up step
+    model.fit(corpus, **{**settings, "ae_lr": 1e-2})
+    lrs = model.history_["train"]["lr"]
+    assert lrs[:4] == pytest.approx([1e-2] * 4) and lrs[4:] == pytest.approx([3e-3] * 4)
+    assert [p.lr_scale for p in model.phases(model.fit_config(steps=4))] == [1.0, 1.0]
+    for bad in (0, -1e-3, float("nan"), True, "1e-3"):
+        with pytest.raises(ValueError, match="ae_lr must be a positive finite number"):
+            CALMTrainConfig(steps=4, ae_lr=bad)
