@@ -171,3 +171,26 @@ def test_too_few_steps_for_five_stages():
     model = tiny()
     with pytest.raises(ValueError, match="five training stages need steps >= 5"):
         model.phases(model.fit_config(steps=3))
+
+
+def test_the_block_options_keep_causality():
+    """qk_norm, zero_init_residual and tangent_radius (the study's options): the residual
+    projections start at zero, the squash keeps sqrt(c)|u| below the radius, and an earlier
+    position's logits do not see a later token."""
+    torch.manual_seed(0)
+    model = tiny(qk_norm=True, zero_init_residual=True, tangent_radius=2.0).double()
+    assert all(not p.any() for n, p in model.named_parameters()
+               if n.endswith(("attn.proj.weight", "down.weight")))
+    for p in model.parameters():  # leave the identity so that the check means something
+        p.data.add_(torch.randn_like(p) * 0.05)
+    expert = next(e for e in model.mgm.blocks[0].moe.experts if e.kind == "spherical")
+    u = torch.randn(5, expert.up.out_features, dtype=torch.float64) * 100
+    m = expert.manifold
+    assert (m.c.sqrt() * expert.squash(u).norm(dim=-1) <= 2.0 + 1e-9).all()
+    ids = torch.randint(0, 259, (2, 12))
+    changed = ids.clone()
+    changed[:, 8:] = torch.randint(0, 259, (2, 4))
+    a, b = model.mgm(ids)[0], model.mgm(changed)[0]
+    torch.testing.assert_close(a[:, :8], b[:, :8], atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="tangent_radius must be >= 0"):
+        tiny(tangent_radius=-1.0)

@@ -10,6 +10,9 @@ Block (pre-norm, RMSNorm throughout):
     x = x + MixtureOfExperts(RMSNorm(x))
 
 Attention: `scaled_dot_product_attention` with rotary positions on the token queries and keys.
+`qk_norm` RMS-normalises queries and keys (the memory's keys too) per head before the rotation
+(as the GPT's option of that name). `zero_init_residual` starts the attention output and the
+experts' output projections at zero (every block starts as the identity; the GPT's option).
 `hidden_dim` need not be a multiple of `num_heads`: heads have Dh = hidden_dim // num_heads
 (the seed's hidden 128 with 12 heads: 12 heads of 10, inner width 120), the projections go
 C -> 3 * H * Dh and H * Dh -> C. Rotary acts on the even part of Dh (all of it when Dh is
@@ -78,9 +81,12 @@ class MGMConfig:
     memory_width: int = 128
     nuanced_routing: bool = False
     flash_attention_off: bool = False
-    aux_loss_weight: float = 0.01
+    qk_norm: bool = False
+    zero_init_residual: bool = False
+    aux_loss_weight: float = 0.1
     z_loss_weight: float = 0.001
     complex_parameters: str = "pairs"
+    tangent_radius: float = 0.0
     rope_base: float = 10000.0
 
     def __post_init__(self):
@@ -117,10 +123,11 @@ class MGMConfig:
             raise ValueError(f"curvature_range must be (low, high) magnitudes with "
                              f"0 < low <= high, got {self.curvature_range!r}")
         object.__setattr__(self, "curvature_range", (low, high))
-        for name in ("nuanced_routing", "flash_attention_off"):
+        for name in ("nuanced_routing", "flash_attention_off", "qk_norm",
+                     "zero_init_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("aux_loss_weight", "z_loss_weight"):
+        for name in ("aux_loss_weight", "z_loss_weight", "tangent_radius"):
             if _check_real(getattr(self, name), name=name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.complex_parameters not in COMPLEX_STORAGES:
@@ -179,6 +186,7 @@ class MemoryAttention(nn.Module):
         self.memory_kv = (nn.Linear(c.memory_width, 2 * inner, bias=False)
                           if c.memory_slots else None)
         self.math_only = c.flash_attention_off
+        self.qk_norm = c.qk_norm
         self.rot = self.head_dim - self.head_dim % 2
 
     def _rotate(self, x, cos, sin):
@@ -193,6 +201,8 @@ class MemoryAttention(nn.Module):
         (B, H, T_past, Dh), updated in place."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         if cache is not None:
             if "k" in cache:
@@ -205,6 +215,8 @@ class MemoryAttention(nn.Module):
             mk, mv = self.memory_kv(memory.to(x.dtype)).view(
                 memory.shape[0], 2, self.n_head, self.head_dim).permute(1, 2, 0, 3)
             slots = mk.shape[1]
+            if self.qk_norm:
+                mk = F.rms_norm(mk, (self.head_dim,))
             k = torch.cat([mk.unsqueeze(0).expand(B, -1, -1, -1).to(k.dtype), k], 2)
             v = torch.cat([mv.unsqueeze(0).expand(B, -1, -1, -1).to(v.dtype), v], 2)
         context = sdpa_kernel(SDPBackend.MATH) if self.math_only else contextlib.nullcontext()
@@ -228,7 +240,8 @@ class MGMBlock(nn.Module):
         self.norm1, self.attn = RMSNorm(c.hidden_dim), MemoryAttention(c)
         self.norm2 = RMSNorm(c.hidden_dim)
         experts = [GeometricExpert(c.hidden_dim, c.expert_width, kind, curvature,
-                                   complex_parameters=c.complex_parameters)
+                                   complex_parameters=c.complex_parameters,
+                                   tangent_radius=c.tangent_radius)
                    for kind, curvature in zip(c.expert_types(), c.initial_curvatures(),
                                               strict=True)]
         self.expert_types = c.expert_types()
@@ -272,7 +285,10 @@ class MGM(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         for name, p in self.named_parameters():  # residual projections start small (GPT-2)
             if name.endswith(("attn.proj.weight", "down.weight")):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
+                if c.zero_init_residual:  # every block starts as the identity
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.n_layer))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 caches: list | None = None, start: int = 0, router_temperature: float = 1.0):

@@ -36,8 +36,9 @@ The eight types (`MANIFOLDS`):
   keeps the simplex and is nonlinear in clr coordinates. No curvature.
 - "complex": C^(H/2) (H even). exp_o pairs the coordinates into complex numbers; T is a
   complex-valued linear map z -> W z + b (complex W: each entry a rotation with a scaling, so
-  phases add: the map commutes with multiplication by e^(i phi)) followed by modReLU,
-  (|z| + beta)_+ z / |z|, which acts on magnitudes and keeps phases. log_o unpairs. Its
+  phases add: the map commutes with multiplication by e^(i phi)) followed by a squared
+  modReLU, (|z| + beta)_+^2 z / |z|, which acts on magnitudes (as the other experts' ReLU^2)
+  and keeps phases. log_o unpairs. Its
   weights are complex64 parameters (`complex_parameters="native"`, which the
   `cerebrum.train.complex_scaler.ComplexFilteredGradScaler` exists for) or, by default, real
   tensors with a trailing (real, imaginary) axis of 2 viewed as complex (identical arithmetic,
@@ -419,8 +420,8 @@ class Simplex(Manifold):
 
 class ComplexSpace(Manifold):
     """C^(H/2): exp_o pairs coordinates (u_2k, u_2k+1) into u_2k + i u_2k+1, log_o unpairs;
-    they are each other's inverse everywhere. The native map (complex linear + modReLU) is the
-    expert's (`GeometricExpert`)."""
+    they are each other's inverse everywhere. The native map (complex linear + squared
+    modReLU) is the expert's (`GeometricExpert`)."""
 
     kind = "complex"
 
@@ -553,6 +554,15 @@ class _Float32:
         return self._ctx.__exit__(*exc)
 
 
+def squash_tangent(u: torch.Tensor, manifold: _CurvedMixin, radius: float) -> torch.Tensor:
+    """u * r tanh(|u| / r) / |u| with r = radius / sqrt(c): the tangent vector smoothly
+    squashed into the ball sqrt(c)|u| < radius (monotone in |u|, so injective, and the
+    identity to first order near 0; r grows without bound as c -> 0)."""
+    norm = _norm(u)
+    r = radius / manifold._sqrt_c(u)
+    return u * (r * torch.tanh(norm / r) / norm)
+
+
 class GeometricExpert(nn.Module):
     """One expert: x (N, C) -> W_out act(log_o(T(exp_o(W_in x)))) (N, C) (module docstring).
 
@@ -563,11 +573,20 @@ class GeometricExpert(nn.Module):
         curvature: signed initial curvature (None: DEFAULT_CURVATURE of the type).
         complex_parameters: "pairs" (real tensors with a trailing axis of 2) or "native"
             (complex64 parameters) for the complex expert's weights.
+        tangent_radius: 0 (off), or R > 0: a curved factor's tangent vector u is first
+            squashed smoothly into sqrt(c)|u| < R (`squash_tangent`), so that the maps stay
+            where they are informative: on the sphere exp_o is injective only for
+            sqrt(c)|u| < pi, on the ball float32 reaches the rim (and the norm's gradient
+            vanishes) beyond sqrt(c)|u| = artanh(1 - 1e-5) = 6.1.
     """
 
     def __init__(self, dim: int, hidden: int, kind: str, curvature: float | None = None, *,
-                 complex_parameters: str = "pairs"):
+                 complex_parameters: str = "pairs", tangent_radius: float = 0.0):
         super().__init__()
+        tangent_radius = _check_real(tangent_radius, name="tangent_radius")
+        if tangent_radius < 0:
+            raise ValueError(f"tangent_radius must be >= 0 (0: off), got {tangent_radius}")
+        self.tangent_radius = tangent_radius
         dim, hidden = _check_dim(dim, name="dim"), _check_dim(hidden, name="hidden")
         if complex_parameters not in COMPLEX_STORAGES:
             raise ValueError(f"complex_parameters must be one of {', '.join(COMPLEX_STORAGES)}, "
@@ -610,14 +629,31 @@ class GeometricExpert(nn.Module):
             w = self.complex_weight()
             w = w.to(p.dtype)
             z = p @ w.T + m.expmap0(b)
+            # squared modReLU, (|z| + beta)_+^2 z / |z|: the magnitude's ReLU^2 (the other
+            # experts' activation), the phase kept. (Plain modReLU with beta = 0 is the
+            # identity: the expert started as a linear map.)
             magnitude = z.abs().clamp_min(_eps(p.real))
-            scale = F.relu(magnitude + self.modrelu_bias.to(magnitude.dtype)) / magnitude
+            scale = F.relu(magnitude + self.modrelu_bias.to(magnitude.dtype)).square() / magnitude
             return z * scale
         return m.translate(p, b)
 
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        """u with every curved factor squashed into sqrt(c)|u| < tangent_radius (0: u)."""
+        m, radius = self.manifold, self.tangent_radius
+        if not radius:
+            return u
+        if isinstance(m, ProductManifold):
+            ball, sphere, flat = u.split(m.split, -1)
+            return torch.cat([squash_tangent(ball, m.ball, radius),
+                              squash_tangent(sphere, m.sphere, radius), flat], -1)
+        if isinstance(m, _CurvedMixin):
+            return squash_tangent(u, m, radius)
+        return u
+
     def tangent(self, u: torch.Tensor) -> torch.Tensor:
-        """log_o(T(exp_o(u))) for tangent vectors u (N, H), in u's dtype (no autocast)."""
-        return self.manifold.logmap0(self.native(self.manifold.expmap0(u)))
+        """log_o(T(exp_o(u))) for tangent vectors u (N, H) (squashed first with a
+        tangent_radius), in u's dtype (no autocast)."""
+        return self.manifold.logmap0(self.native(self.manifold.expmap0(self.squash(u))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, C) -> (N, C), in x's dtype (the geometry in at least float32)."""
