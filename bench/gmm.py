@@ -1,8 +1,8 @@
 """GaussianMixture EM: Cerebrum against scikit-learn (and pomegranate when installed).
 
 Same data, same initial parameters, a fixed number of EM iterations (tol=0) for every library,
-timed in one process. Prints a ratio table (competitor seconds / Cerebrum seconds) and, with
---json, the same as JSON.
+timed in one process, Cerebrum and scikit-learn taking turns (best of --repeat each). Prints a
+ratio table (competitor seconds / Cerebrum seconds) and, with --json, the same as JSON.
 
     python bench/gmm.py                 # N=200000, D=16, K=8, 20 iterations, float32
     python bench/gmm.py --json --types diag full
@@ -86,6 +86,20 @@ def best_time(fn, repeat: int):
     return min(times), result
 
 
+def best_times_interleaved(fns, repeat: int):
+    """[(best seconds, last result)] for each of `fns`, run in turns (a, b, a, b, ...): this
+    VM's speed drifts by up to 1.5x over tens of seconds, and taking turns exposes every
+    library to the same drift instead of giving one a slow phase."""
+    times = [[] for _ in fns]
+    results = [None] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return [(min(t), r) for t, r in zip(times, results, strict=True)]
+
+
 def run_cerebrum(X, params, covariance_type, n_iter, dtype, device=None):
     def fit():
         gm = GaussianMixture.from_params(*params, covariance_type=covariance_type, dtype=dtype,
@@ -144,11 +158,12 @@ def compare(X, X_lib, params, covariance_type, start, args, dtype, has_pomegrana
     """One row of the table: Cerebrum and the competitors from the same start."""
     fit = run_cerebrum(X_lib, params, covariance_type, args.n_iter, dtype, args.device)
     fit()  # warm-up: first-call allocations and kernel selection
-    ours_s, ours = best_time(fit, args.repeat)
+    (ours_s, ours), (sk_s, sk) = best_times_interleaved(
+        [fit, run_sklearn(X, params, covariance_type, args.n_iter)], args.repeat
+    )
     ours_ll = ours.score(X_lib)
     row = {"covariance_type": covariance_type, "start": start, "cerebrum_s": ours_s,
            "cerebrum_ll": ours_ll}
-    sk_s, sk = best_time(run_sklearn(X, params, covariance_type, args.n_iter), args.repeat)
     row.update(sklearn_s=sk_s, sklearn_ll=float(sk.score(X)))
     row["speedup_vs_sklearn"] = sk_s / ours_s
     row["ll_rel_diff_vs_sklearn"] = abs(ours_ll - row["sklearn_ll"]) / abs(row["sklearn_ll"])

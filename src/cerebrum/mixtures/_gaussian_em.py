@@ -200,6 +200,22 @@ def needs_accurate_final_step(params: GaussianParams, covariance_type: str) -> b
     return expanded_form_error(params, covariance_type) > FINAL_STEP_LIMIT
 
 
+def expanded_coefficients(params: GaussianParams, covariance_type: str,
+                          scale: float = 1.0) -> torch.Tensor:
+    """(K, 2D + 1) coefficients with which `coefficients @ [x**2, x, 1]` is scale * (log(pi_k) +
+    log N(x | k)) for the diagonal types: -(x - mu)^2 p / 2 = -x^2 p / 2 + x (mu p) - mu^2 p / 2,
+    the constant per component riding on the features' column of ones."""
+    n_features = params.means.shape[1]
+    log_det = log_det_precision_cholesky(params.prec_chol, covariance_type, n_features)
+    precisions = _diagonal_precisions(params.prec_chol, covariance_type, n_features)
+    constant = (params.log_weights + log_det - 0.5 * n_features * LOG_2PI
+                - 0.5 * (params.means.square() * precisions).sum(1))
+    coefficients = torch.cat(
+        [-0.5 * precisions, params.means * precisions, constant.unsqueeze(1)], dim=1
+    )
+    return coefficients.mul_(scale)
+
+
 def weighted_log_prob_t(
     chunk: Chunk,
     params: GaussianParams,
@@ -223,23 +239,19 @@ def weighted_log_prob_t(
     caller has them; with a `workspace`, the expanded path writes its result into the
     workspace's scores (overwritten by its next use).
     """
-    n_features = chunk.X.shape[1]
-    log_det = log_det_precision_cholesky(params.prec_chol, covariance_type, n_features)
-    offset = (params.log_weights + log_det - 0.5 * n_features * LOG_2PI).unsqueeze(1)
     if expanded is None:
         expanded = expanded_form_is_accurate(params, covariance_type)
     if expanded:
-        # -(x - mu)^2 p / 2 = -x^2 p / 2 + x (mu p) - mu^2 p / 2: one GEMM against the block's
-        # [X**2, X, 1], the constant per component riding on the column of ones.
-        precisions = _diagonal_precisions(params.prec_chol, covariance_type, n_features)
-        constant = offset - 0.5 * (params.means.square() * precisions).sum(1, keepdim=True)
-        coefficients = torch.cat([-0.5 * precisions, params.means * precisions, constant], dim=1)
+        coefficients = expanded_coefficients(params, covariance_type, scale)
         if features is None:
             features = (workspace or Workspace()).moment_features(chunk.X)
         if workspace is None:
-            return (scale * coefficients) @ features.T, None
+            return coefficients @ features.T, None
         out = workspace.scores(len(coefficients), chunk.n_samples, chunk.X)
-        return torch.mm(scale * coefficients, features.T, out=out), None
+        return torch.mm(coefficients, features.T, out=out), None
+    n_features = chunk.X.shape[1]
+    log_det = log_det_precision_cholesky(params.prec_chol, covariance_type, n_features)
+    offset = (params.log_weights + log_det - 0.5 * n_features * LOG_2PI).unsqueeze(1)
     residuals = whitened_residuals(chunk.X, params.means, params.prec_chol, covariance_type)
     if covariance_type in ("diag", "spherical"):
         squares = residuals.square_()  # all the diagonal types' statistics need
@@ -393,7 +405,13 @@ def accumulate(
     # residuals (K, N, D) are the biggest intermediate off the expanded path: size blocks by them
     rows = block_rows(n_components, source.n_features, covariance_type if expanded else "full")
     total = None
+    diagonal = covariance_type in ("diag", "spherical")
     for chunk in source:
+        if expanded and diagonal and params is not None and resp_fn is None:
+            stats = _expanded_statistics(iter_blocks(chunk, rows), params, covariance_type,
+                                         workspace)
+            total = stats if total is None else total + stats
+            continue
         for block in iter_blocks(chunk, rows):
             resp = None if resp_fn is None else resp_fn(block)
             stats = chunk_statistics(
@@ -402,6 +420,35 @@ def accumulate(
             )
             total = stats if total is None else total + stats
     return total
+
+
+def _expanded_statistics(blocks, params: GaussianParams, covariance_type: str,
+                         workspace: Workspace) -> GaussianStats:
+    """E step and raw moments of the diagonal types on the expanded path, over row `blocks`.
+
+    The same arithmetic as `chunk_statistics(..., expanded=True)` per block, with the work
+    that depends on the parameters only (the GEMM's coefficients) done once, and the moments
+    summed by the M step's GEMM itself (beta = 1): per block, two GEMMs and the normalisation,
+    so that small blocks cost little beyond their arithmetic.
+    """
+    coefficients = expanded_coefficients(params, covariance_type, LOG2E)
+    n_components, width = coefficients.shape
+    n_features = (width - 1) // 2
+    moments = coefficients.new_zeros(n_components, width)  # [sum r x^2, sum r x, sum r]
+    log_likelihood = coefficients.new_zeros(())
+    for block in blocks:
+        features = workspace.moment_features(block.X)
+        scores = workspace.scores(n_components, block.n_samples, block.X)
+        resp, log_norm = normalize_log2_prob_t_(torch.mm(coefficients, features.T, out=scores))
+        if block.weight is None:
+            log_likelihood += log_norm.sum()
+        else:
+            log_likelihood += block.weight @ log_norm
+            resp.mul_(block.weight)
+        moments.addmm_(resp, features)
+    ref = torch.zeros_like(params.means)
+    return GaussianStats(ref, moments[:, 2 * n_features], moments[:, n_features : 2 * n_features],
+                         moments[:, :n_features], log_likelihood)
 
 
 def lowest_scoring_samples(source: SampleSource, score_fn, n_samples: int,
