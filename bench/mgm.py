@@ -64,6 +64,21 @@ def learnable(model) -> list[list[bool]]:
 
 
 @torch.no_grad()
+def run_windows(model, ids: list[int], block: int, hooks) -> None:
+    """Run `ids` through the network in windows of `block` tokens, in eval mode, for the
+    forward `hooks` to observe; the hooks are removed and the mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for start in range(0, len(ids), block):
+            model.mgm(torch.tensor([ids[start:start + block]], device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def layer_loads(model, texts, max_tokens=4096) -> list[list[float]]:
     """Per layer, per expert: the fraction of the held-out tokens' assignments it receives
     (the documents' first `max_tokens` tokens, in windows of the model's context)."""
@@ -76,17 +91,7 @@ def layer_loads(model, texts, max_tokens=4096) -> list[list[float]]:
             load = output[1].load(model.mgm.config.experts_num)
             loads.append((i, load * output[1].experts.shape[0]))
         hooks.append(b.moe.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for start in range(0, len(ids), block):
-            window = torch.tensor([ids[start:start + block]], device=device)
-            model.mgm(window)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    run_windows(model, ids, block, hooks)
     totals = [torch.zeros(model.mgm.config.experts_num) for _ in model.mgm.blocks]
     for i, counts in loads:
         totals[i] += counts.cpu()
@@ -126,16 +131,7 @@ def tangent_norms(model, texts, max_tokens=2048) -> dict:
                 elif e.kind in SATURATION:
                     seen.setdefault(e.kind, []).append(m.c.sqrt() * u.norm(dim=-1))
             hooks.append(e.up.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for start in range(0, len(ids), block):
-            model.mgm(torch.tensor([ids[start:start + block]], device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    run_windows(model, ids, block, hooks)
     out = {}
     for kind, values in seen.items():
         v = torch.cat(values)
