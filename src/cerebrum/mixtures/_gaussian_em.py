@@ -96,11 +96,11 @@ class GaussianStats:
 class Workspace:
     """Scratch tensors the E step reuses from block to block and from iteration to iteration.
 
-    A fit's blocks are megabytes each; allocating their intermediates afresh hands them back to
-    the operating system and maps them again every block, and the page faults cost more than
-    the arithmetic (measured: the diag benchmark fit spends about a sixth of its time there).
-    One workspace per fit writes every block's features and scores into the same memory, which
-    also stays in cache. Tensors it returns are overwritten by the next call: use them before.
+    A fit's blocks are megabytes each. Allocated afresh, each block's features and scores are
+    new memory (the diag benchmark fit took 6,000 minor page faults) and the features were
+    assembled by a `cat` of a squared copy; one workspace per fit writes every block's features
+    and scores into the same buffers instead (2,938 faults, one pass fewer over the features).
+    Tensors it returns are overwritten by the next call: use them before.
     """
 
     def __init__(self):
